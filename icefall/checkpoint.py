@@ -1,0 +1,406 @@
+"""Saving, loading and averaging checkpoints.
+
+A training checkpoint is a plain dict (so ``torch.load(..., weights_only=True)``
+can read it)::
+
+    {
+      "model": state_dict, "model_avg": state_dict (float64) or absent,
+      "optimizer": ..., "scheduler": ..., "grad_scaler": ..., "sampler": ...,
+      "config": {...model sizes...},
+      # plus the training info: epoch, batch_idx_train, best_train_loss, ...
+    }
+
+An exported model is ``{"model": state_dict, "config": {...}}``.
+
+Files are written atomically: a crash while saving leaves the previous file
+as it was.
+"""
+
+import logging
+import os
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+from torch import nn
+
+PathLike = Union[str, Path]
+
+# Keys that would identify the machine a model was trained on. icefall's
+# checkpoints store them inside "env_info"; ours never do.
+_HOST_KEYS = re.compile(r"host|ip[_ ]?addr|ip$", re.IGNORECASE)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, truncated or not what was asked for."""
+
+
+# ----------------------------------------------------------------------- I/O
+
+
+def atomic_save(obj: Any, filename: PathLike) -> None:
+    """``torch.save`` through a temporary file in the same folder, fsync and rename."""
+    filename = Path(filename)
+    filename.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=filename.parent, prefix=f".{filename.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, filename)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    # Make the rename itself durable.
+    dir_fd = os.open(filename.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_file(filename: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """Read a checkpoint or exported model with ``weights_only=True``.
+
+    Raises :class:`CheckpointError` with a one-line message naming the file
+    when it is missing, truncated or not a checkpoint.
+    """
+    path = Path(filename)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint is empty (0 bytes)")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupt?): {first_line}"
+        ) from None
+    except Exception as e:  # pickle.UnpicklingError: garbage, or unsafe objects
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?)") from None
+        raise CheckpointError(
+            f"{path}: holds objects that weights_only=True refuses ({type(e).__name__}); "
+            "re-export it with this toolkit's export.py"
+        ) from None
+    if not isinstance(obj, dict) or "model" not in obj:
+        raise CheckpointError(f"{path}: has no 'model' entry; is it a checkpoint of this toolkit?")
+    return obj
+
+
+def _plain(obj: Any) -> Any:
+    """Turn dict subclasses (e.g. AttributeDict) and Paths into plain types so
+    the file loads with ``weights_only=True``."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _check_no_host_identity(info: Dict[str, Any], where: str = "") -> None:
+    for k, v in info.items():
+        if _HOST_KEYS.search(str(k)):
+            raise ValueError(f"refusing to store {where}{k!r} in a checkpoint: it identifies the host")
+        if isinstance(v, dict):
+            _check_no_host_identity(v, where=f"{where}{k}.")
+
+
+def strip_ddp_prefix(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Remove the ``module.`` prefix that DistributedDataParallel adds."""
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        return {k[len("module."):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def save_checkpoint(
+    filename: PathLike,
+    model: nn.Module,
+    params: Optional[Dict[str, Any]] = None,
+    model_avg: Optional[nn.Module] = None,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    scheduler: Optional[Any] = None,
+    scaler: Optional[Any] = None,
+    sampler: Optional[Any] = None,
+    config: Optional[Dict[str, Any]] = None,
+    rank: int = 0,
+) -> None:
+    """Save everything needed to resume training, atomically.
+
+    Args:
+      filename: e.g. ``exp/epoch-3.pt`` or ``exp/checkpoint-8000.pt``.
+      model: the model (DDP-wrapped or not; the prefix is not stored).
+      params: training info (epoch, batch_idx_train, best losses, ...),
+        stored at the top level of the file. Must not contain host names.
+      model_avg: the running-average model (kept in float64).
+      optimizer, scheduler, scaler, sampler: anything with ``state_dict()``.
+      config: the model's architecture (sizes), so it can be rebuilt without flags.
+      rank: only rank 0 writes.
+    """
+    if rank != 0:
+        return
+    checkpoint: Dict[str, Any] = {"model": _unwrap(model).state_dict()}
+    if model_avg is not None:
+        checkpoint["model_avg"] = model_avg.to(torch.float64).state_dict()
+    for key, obj in (
+        ("optimizer", optimizer),
+        ("scheduler", scheduler),
+        ("grad_scaler", scaler),
+        ("sampler", sampler),
+    ):
+        if obj is not None:
+            checkpoint[key] = obj.state_dict()
+    if config is not None:
+        checkpoint["config"] = dict(config)
+    if params:
+        reserved = set(checkpoint) & set(params)
+        if reserved:
+            raise ValueError(f"params may not use the reserved keys {sorted(reserved)}")
+        checkpoint.update(params)
+    checkpoint = _plain(checkpoint)
+    _check_no_host_identity({k: v for k, v in checkpoint.items() if k not in ("model", "model_avg")})
+    atomic_save(checkpoint, filename)
+
+
+def load_checkpoint(
+    filename: PathLike,
+    model: nn.Module,
+    model_avg: Optional[nn.Module] = None,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    scheduler: Optional[Any] = None,
+    scaler: Optional[Any] = None,
+    sampler: Optional[Any] = None,
+    strict: bool = True,
+) -> Dict[str, Any]:
+    """Restore each part that is given; return the whole checkpoint dict
+    (so the caller can read the training info)."""
+    checkpoint = load_file(filename)
+    _unwrap(model).load_state_dict(strip_ddp_prefix(checkpoint["model"]), strict=strict)
+    if model_avg is not None:
+        if "model_avg" not in checkpoint:
+            raise CheckpointError(f"{filename}: has no 'model_avg' to restore")
+        model_avg.load_state_dict(checkpoint["model_avg"], strict=strict)
+    for key, obj in (
+        ("optimizer", optimizer),
+        ("scheduler", scheduler),
+        ("grad_scaler", scaler),
+        ("sampler", sampler),
+    ):
+        if obj is not None:
+            if key not in checkpoint:
+                raise CheckpointError(f"{filename}: has no '{key}' to restore")
+            obj.load_state_dict(checkpoint[key])
+    return checkpoint
+
+
+# ---------------------------------------------------------- batch checkpoints
+
+
+_BATCH_CKPT = re.compile(r"^checkpoint-(\d+)\.pt$")
+
+
+def find_checkpoints(exp_dir: PathLike, iteration: int = 0) -> List[Path]:
+    """``checkpoint-<batch>.pt`` files, newest (largest batch) first.
+
+    ``iteration > 0`` keeps those at or after that batch; ``iteration < 0``
+    keeps those at or before ``-iteration`` (icefall's convention).
+    """
+    found = []
+    for p in Path(exp_dir).glob("checkpoint-*.pt"):
+        m = _BATCH_CKPT.match(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    found.sort(reverse=True)
+    if iteration > 0:
+        found = [(i, p) for i, p in found if i >= iteration]
+    elif iteration < 0:
+        found = [(i, p) for i, p in found if i <= -iteration]
+    return [p for _, p in found]
+
+
+def remove_checkpoints(exp_dir: PathLike, keep_last_k: int, rank: int = 0) -> List[Path]:
+    """Delete all but the newest ``keep_last_k`` batch checkpoints; return the deleted."""
+    if rank != 0 or keep_last_k <= 0:
+        return []
+    stale = find_checkpoints(exp_dir)[keep_last_k:]
+    for p in stale:
+        p.unlink()
+    return stale
+
+
+# ----------------------------------------------------------------- averaging
+
+
+def average_checkpoints(
+    filenames: List[PathLike], key: str = "model", device: str = "cpu"
+) -> Dict[str, torch.Tensor]:
+    """The element-wise mean of the ``key`` state dicts of several files.
+
+    Floating tensors are summed in float64 and cast back to their dtype;
+    integer buffers (e.g. counters) are copied from the last file, since an
+    average of them has no meaning.
+    """
+    if not filenames:
+        raise CheckpointError("average_checkpoints: the list of files to average is empty")
+    n = len(filenames)
+    total: Dict[str, torch.Tensor] = {}
+    dtypes: Dict[str, torch.dtype] = {}
+    for i, f in enumerate(filenames):
+        state = strip_ddp_prefix(load_file(f, map_location=device)[key])
+        if i > 0 and state.keys() != total.keys():
+            raise CheckpointError(f"{f}: its parameters differ from those of {filenames[0]}")
+        for k, v in state.items():
+            if v.is_floating_point():
+                dtypes.setdefault(k, v.dtype)
+                total[k] = total[k] + v.to(torch.float64) if k in total else v.to(torch.float64)
+            else:
+                total[k] = v.clone()
+    return {k: (v / n).to(dtypes[k]) if k in dtypes else v for k, v in total.items()}
+
+
+def update_averaged_model(
+    average_period: int, batch_idx_train: int, model_cur: nn.Module, model_avg: nn.Module
+) -> None:
+    """Update the running average, called every ``average_period`` batches:
+
+        model_avg = model_avg * (1 - p/b) + model_cur * (p/b)
+
+    with p = average_period and b = batch_idx_train, so ``model_avg`` is the
+    mean of the snapshots taken at batches p, 2p, ..., b.
+    """
+    weight_cur = average_period / batch_idx_train
+    cur = _unwrap(model_cur).state_dict()
+    with torch.no_grad():
+        for k, v in model_avg.state_dict().items():
+            if v.is_floating_point():
+                v.mul_(1 - weight_cur).add_(cur[k].to(v.dtype), alpha=weight_cur)
+            else:
+                v.copy_(cur[k])
+
+
+def average_checkpoints_with_averaged_model(
+    filename_start: PathLike, filename_end: PathLike, device: str = "cpu"
+) -> Dict[str, torch.Tensor]:
+    """The mean model over the batches between two checkpoints:
+
+        (avg_end * b_end - avg_start * b_start) / (b_end - b_start)
+
+    where ``avg_*`` is the running average stored in each file and ``b_*`` its
+    batch index rounded down to a multiple of ``average_period``.
+    """
+    start = load_file(filename_start, map_location=device)
+    end = load_file(filename_end, map_location=device)
+    for f, ckpt in ((filename_start, start), (filename_end, end)):
+        if "model_avg" not in ckpt or "average_period" not in ckpt:
+            raise CheckpointError(
+                f"{f}: has no averaged model (an exported file?); use --use-averaged-model False"
+            )
+    period = end["average_period"]
+    b_start = start["batch_idx_train"] // period * period
+    b_end = end["batch_idx_train"] // period * period
+    if b_end <= b_start:
+        raise CheckpointError(
+            f"{filename_end}: batch {end['batch_idx_train']} is not after {filename_start}'s "
+            f"{start['batch_idx_train']}; nothing to average"
+        )
+    w_end = b_end / (b_end - b_start)
+    w_start = -b_start / (b_end - b_start)
+    dtypes = {k: v.dtype for k, v in end["model"].items()}
+    out = {}
+    for k, v_end in end["model_avg"].items():
+        if v_end.is_floating_point():
+            v = w_end * v_end.to(torch.float64) + w_start * start["model_avg"][k].to(torch.float64)
+            out[k] = v.to(dtypes.get(k, torch.float32))
+        else:
+            out[k] = v_end.clone()
+    return out
+
+
+# ------------------------------------------------- --epoch/--iter/--avg flags
+
+
+@dataclass
+class CheckpointSelection:
+    """Which files ``--epoch/--iter/--avg/--use-averaged-model`` ask for.
+
+    ``mode`` is "single" (one file, its "model"), "average" (mean of the
+    "model" of each file) or "averaged_model" (``files = [start, end]``,
+    combined with :func:`average_checkpoints_with_averaged_model`).
+    """
+
+    mode: str
+    files: List[Path]
+    flags: str
+
+    def load_state_dict(self, device: str = "cpu") -> Dict[str, torch.Tensor]:
+        for f in self.files:
+            if not f.exists():
+                raise CheckpointError(self._missing(f))
+        if self.mode == "single":
+            return strip_ddp_prefix(load_file(self.files[0], map_location=device)["model"])
+        if self.mode == "average":
+            return average_checkpoints(self.files, device=device)
+        return average_checkpoints_with_averaged_model(self.files[0], self.files[1], device=device)
+
+    def _missing(self, f: Path) -> str:
+        msg = f"{f}: not found (asked for by {self.flags})"
+        if self.mode == "averaged_model":
+            msg += (
+                f"; this mode reads {self.files[0].name} and {self.files[1].name}. "
+                "For an exported pretrained.pt (e.g. via an epoch-9999.pt symlink) "
+                "use --use-averaged-model False"
+            )
+        return msg
+
+
+def select_checkpoints(
+    exp_dir: PathLike, epoch: int, iter: int = 0, avg: int = 1, use_averaged_model: bool = False
+) -> CheckpointSelection:
+    """Turn icefall's checkpoint flags into the list of files to read.
+
+    - ``--iter N > 0``: batch checkpoints at or before N, newest first.
+    - otherwise ``epoch-*.pt`` files ending at ``--epoch``.
+    - ``--use-averaged-model True`` needs one file more than ``--avg``: the
+      model is the average between the oldest and the newest of them.
+    """
+    exp_dir = Path(exp_dir)
+    flags = (
+        f"--iter {iter}" if iter > 0 else f"--epoch {epoch}"
+    ) + f" --avg {avg} --use-averaged-model {use_averaged_model}"
+    if avg < 1:
+        raise ValueError(f"--avg must be at least 1, got {avg}")
+    if iter > 0:
+        files = find_checkpoints(exp_dir, iteration=-iter)
+        needed = avg + 1 if use_averaged_model else avg
+        if len(files) < needed:
+            raise CheckpointError(
+                f"{exp_dir}: found {len(files)} checkpoint-*.pt at or before batch {iter}, "
+                f"but {flags} needs {needed}"
+            )
+        files = files[:needed]
+        if use_averaged_model:
+            return CheckpointSelection("averaged_model", [files[-1], files[0]], flags)
+        return CheckpointSelection("average" if avg > 1 else "single", files, flags)
+    if use_averaged_model:
+        start = epoch - avg
+        if start < 1:
+            raise ValueError(
+                f"{flags}: the averaged model needs epoch {start} to exist; lower --avg "
+                "or use --use-averaged-model False"
+            )
+        files = [exp_dir / f"epoch-{start}.pt", exp_dir / f"epoch-{epoch}.pt"]
+        return CheckpointSelection("averaged_model", files, flags)
+    files = [exp_dir / f"epoch-{i}.pt" for i in range(max(1, epoch - avg + 1), epoch + 1)]
+    return CheckpointSelection("single" if len(files) == 1 else "average", files, flags)
