@@ -16,9 +16,9 @@ Files are written atomically: a crash while saving leaves the previous file
 as it was.
 """
 
-import logging
 import os
 import re
+import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -64,6 +64,21 @@ def atomic_save(obj: Any, filename: PathLike) -> None:
         os.close(dir_fd)
 
 
+def atomic_copy(src: PathLike, dst: PathLike) -> None:
+    """Copy a checkpoint so that ``dst`` is either the old or the new file."""
+    dst = Path(dst)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def load_file(filename: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
     """Read a checkpoint or exported model with ``weights_only=True``.
 
@@ -92,6 +107,19 @@ def load_file(filename: PathLike, map_location: Union[str, torch.device] = "cpu"
     if not isinstance(obj, dict) or "model" not in obj:
         raise CheckpointError(f"{path}: has no 'model' entry; is it a checkpoint of this toolkit?")
     return obj
+
+
+def read_config(filename: PathLike) -> Optional[Dict[str, Any]]:
+    """The model config stored in a checkpoint or export, or None (e.g. for
+    icefall's own files, which carry none). Reads lazily (mmap)."""
+    path = Path(filename)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        load_file(path)  # raises the one-line error that names the problem
+        raise
+    config = obj.get("config") if isinstance(obj, dict) else None
+    return dict(config) if config is not None else None
 
 
 def _plain(obj: Any) -> Any:

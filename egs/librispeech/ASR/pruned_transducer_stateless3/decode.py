@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Decode the recipe's test sets and report the WER.
+
+Usage, from egs/<dataset>/ASR:
+
+  # the average of epochs 26..30 via the running-average model
+  ./pruned_transducer_stateless3/decode.py --epoch 30 --avg 5 \\
+      --exp-dir pruned_transducer_stateless3/exp --max-duration 600 \\
+      --decoding-method modified_beam_search --beam-size 4
+
+  # an exported pretrained.pt, through a symlink:
+  #   ln -s pretrained.pt pruned_transducer_stateless3/exp/epoch-9999.pt
+  ./pruned_transducer_stateless3/decode.py --epoch 9999 --avg 1 \\
+      --use-averaged-model False --exp-dir pruned_transducer_stateless3/exp ...
+
+Writes recogs-<set>-<key>-<suffix>.txt, errs-... and wer-summary-... into
+<exp-dir>/<decoding-method>/, and logs the WER and the real-time factor.
+"""
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from icefall.asr_datamodule import AsrDataModule  # noqa: E402
+from icefall.beam_search import decode_batch, DECODING_METHODS  # noqa: E402
+from icefall.checkpoint import read_config, select_checkpoints  # noqa: E402
+from icefall.tokens import SymbolTable, check_tokens_fit_model, load_bpe_model, read_tokens, bpe_symbol_table  # noqa: E402
+from icefall.utils import setup_logger, str2bool  # noqa: E402
+from icefall.wer import store_transcripts, write_error_stats, write_wer_summary  # noqa: E402
+from model import add_model_arguments, build_model, config_from_args  # noqa: E402
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epoch", type=int, default=30, help="the last epoch to use (epoch-N.pt)")
+    parser.add_argument("--iter", type=int, default=0, help="if > 0, use checkpoint-N.pt files instead of epochs")
+    parser.add_argument("--avg", type=int, default=9, help="number of checkpoints to average")
+    parser.add_argument(
+        "--use-averaged-model", type=str2bool, default=True,
+        help="average with the running-average models of epoch-(N-avg).pt and epoch-N.pt; "
+        "must be False for an exported pretrained.pt",
+    )
+    parser.add_argument("--exp-dir", type=Path, default=Path("pruned_transducer_stateless3/exp"))
+    parser.add_argument("--bpe-model", type=Path, default=None, help="sentencepiece model (or give --tokens)")
+    parser.add_argument("--tokens", type=Path, default=None, help="tokens.txt (default: <lang-dir>/tokens.txt)")
+    parser.add_argument("--lang-dir", type=Path, default=Path("data/lang_bpe_500"))
+    parser.add_argument("--decoding-method", choices=DECODING_METHODS, default="greedy_search")
+    parser.add_argument("--beam-size", type=int, default=4)
+    parser.add_argument("--max-sym-per-frame", type=int, default=1, help="greedy_search only")
+    parser.add_argument("--device", type=str, default=None, help="cpu or cuda (default: cuda if available)")
+    add_model_arguments(parser)
+    AsrDataModule.add_arguments(parser)
+    return parser
+
+
+def load_token_table(args) -> Tuple[SymbolTable, Path]:
+    if args.tokens is not None:
+        return read_tokens(args.tokens), args.tokens
+    if args.bpe_model is not None:
+        return bpe_symbol_table(load_bpe_model(args.bpe_model)), args.bpe_model
+    path = args.lang_dir / "tokens.txt"
+    return read_tokens(path), path
+
+
+def decode_dataset(dl, model, tokens: SymbolTable, args) -> Tuple[List[Tuple[str, List[str], List[str]]], float, float]:
+    """Returns (results, audio seconds, decoding seconds)."""
+    device = next(model.parameters()).device
+    results, audio_seconds, decode_seconds = [], 0.0, 0.0
+    for batch in tqdm(dl, desc="decoding", unit="batch"):
+        sup = batch["supervisions"]
+        feature = batch["inputs"].to(device)
+        feature_lens = sup["num_frames"].to(device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            encoder_out, encoder_out_lens = model.encoder(feature, feature_lens)
+            hyps = decode_batch(
+                model, encoder_out, encoder_out_lens, args.decoding_method,
+                beam=args.beam_size, max_sym_per_frame=args.max_sym_per_frame,
+            )
+        decode_seconds += time.perf_counter() - start
+        audio_seconds += float(sup["num_frames"].sum()) * 0.01
+        cut_ids = [c.id for c in sup["cut"]]
+        for cut_id, ref, hyp in zip(cut_ids, sup["text"], hyps):
+            results.append((cut_id, ref.split(), tokens.decode(hyp).split()))
+    results.sort()
+    return results, audio_seconds, decode_seconds
+
+
+def save_results(args, test_set: str, results, suffix: str) -> float:
+    key = "greedy_search" if args.decoding_method == "greedy_search" else f"beam_size_{args.beam_size}"
+    res_dir = args.exp_dir / args.decoding_method
+    store_transcripts(res_dir / f"recogs-{test_set}-{key}-{suffix}.txt", results)
+    with open(res_dir / f"errs-{test_set}-{key}-{suffix}.txt", "w") as f:
+        wer = write_error_stats(f, f"{test_set}-{key}", results)
+    write_wer_summary(res_dir / f"wer-summary-{test_set}-{key}-{suffix}.txt", {key: wer})
+    return wer
+
+
+def main() -> None:
+    args = get_parser().parse_args()
+    args.exp_dir = Path(args.exp_dir)
+    if args.iter > 0:
+        suffix = f"iter-{args.iter}-avg-{args.avg}"
+    else:
+        suffix = f"epoch-{args.epoch}-avg-{args.avg}"
+    if args.use_averaged_model:
+        suffix += "-use-averaged-model"
+    res_dir = args.exp_dir / args.decoding_method
+    res_dir.mkdir(parents=True, exist_ok=True)
+    setup_logger(res_dir / f"log-decode-{suffix}")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    logging.info(f"Decoding with {args.decoding_method} on {device}; {vars(args)}")
+
+    tokens, tokens_path = load_token_table(args)
+    selection = select_checkpoints(args.exp_dir, args.epoch, args.iter, args.avg, args.use_averaged_model)
+    logging.info(f"averaging {[str(f) for f in selection.files]} ({selection.mode})")
+    state_dict = selection.load_state_dict()
+    config = read_config(selection.files[-1]) or config_from_args(args, vocab_size=len(tokens))
+    check_tokens_fit_model(tokens, config["vocab_size"], tokens_path)
+    model = build_model(config)
+    model.load_state_dict(state_dict, strict=True)
+    model.to(device).eval()
+    logging.info(f"Number of model parameters: {sum(p.numel() for p in model.parameters())}")
+
+    data = AsrDataModule(args)
+    summary: Dict[str, float] = {}
+    for test_set, cuts in data.test_sets().items():
+        results, audio_s, decode_s = decode_dataset(data.test_dataloaders(cuts), model, tokens, args)
+        wer = save_results(args, test_set, results, suffix)
+        summary[test_set] = wer
+        logging.info(
+            f"{test_set}: WER {wer:.2f}% over {len(results)} utterances; {args.decoding_method} "
+            f"real-time factor {decode_s / max(audio_s, 1e-9):.4f} ({audio_s:.0f} s of audio in {decode_s:.1f} s)"
+        )
+    for test_set, wer in summary.items():
+        print(f"{test_set}\t{args.decoding_method}\t{wer:.2f}")
+    logging.info("Done!")
+
+
+if __name__ == "__main__":
+    main()
