@@ -1,0 +1,189 @@
+"""The pruned RNN-T model of icefall's pruned_transducer_stateless3, and how to build it.
+
+    config = default_config()            # icefall's LibriSpeech sizes
+    model = build_model(config)          # state_dict names/shapes as icefall's
+    load_icefall_state_dict(model, torch.load("pretrained.pt")["model"])
+
+The config is a plain dict, meant to be saved next to the weights so that a
+script can rebuild the model without retyping flags.
+
+The loss functions come from `icefall.rnnt_loss` (the repository root must be
+on sys.path); they are imported on the first training forward, so building
+the model and decoding do not need them.
+"""
+
+import logging
+from typing import Dict, List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from conformer import Conformer
+from decoder import Decoder
+from joiner import Joiner
+from scaling import ScaledLinear
+
+# Keys build_model() requires; each is one of icefall's train.py params.
+REQUIRED_KEYS = (
+    "feature_dim", "subsampling_factor", "encoder_dim", "nhead", "dim_feedforward",
+    "num_encoder_layers", "vocab_size", "blank_id", "context_size", "decoder_dim",
+    "joiner_dim",
+)
+# Keys with icefall's defaults, so configs that omit them still build.
+OPTIONAL_DEFAULTS = {"dropout": 0.1, "layer_dropout": 0.075, "cnn_module_kernel": 31}
+
+# Prefixes of the GigaSpeech heads that icefall's multi-dataset checkpoints carry.
+EXTRA_PREFIXES = ("decoder_giga.", "joiner_giga.", "simple_am_proj_giga.",
+                  "simple_lm_proj_giga.")
+
+
+class Transducer(nn.Module):
+    """Encoder + stateless decoder + joiner, trained with the pruned RNN-T loss.
+
+    Submodules (names as in icefall): encoder, decoder, joiner,
+    simple_am_proj (encoder_dim -> vocab), simple_lm_proj (decoder_dim -> vocab);
+    the last two give the cheap "simple" loss whose gradients choose the
+    pruning ranges.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: Decoder, joiner: Joiner,
+                 encoder_dim: int, decoder_dim: int, joiner_dim: int, vocab_size: int):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.joiner = joiner
+        self.simple_am_proj = ScaledLinear(encoder_dim, vocab_size, initial_speed=0.5)
+        self.simple_lm_proj = ScaledLinear(decoder_dim, vocab_size)
+
+    def forward(self, x: Tensor, x_lens: Tensor, y: List[List[int]],
+                prune_range: int = 5, am_scale: float = 0.0, lm_scale: float = 0.0,
+                warmup: float = 1.0, reduction: str = "sum") -> Tuple[Tensor, Tensor]:
+        """
+        Args:
+          x: features [B, T, F].
+          x_lens: [B] int64, valid frames per utterance.
+          y: B lists of token ids (no blank, no SOS); a plain Python list of
+            lists replaces icefall's k2.RaggedTensor.
+          prune_range: symbols kept per frame for the pruned loss (s_range).
+          am_scale, lm_scale: weights of the am-only / lm-only terms in the
+            smoothed simple loss.
+          warmup: training progress for layer bypassing (see Conformer).
+          reduction: "sum" for scalars, "none" for per-utterance [B] losses.
+        Returns:
+          (simple_loss, pruned_loss), each a scalar or [B] as `reduction` says.
+        """
+        from icefall.rnnt_loss import (do_rnnt_pruning, get_rnnt_prune_ranges,
+                                       rnnt_loss_pruned, rnnt_loss_smoothed)
+
+        assert reduction in ("sum", "none"), reduction
+        assert x.ndim == 3 and x_lens.ndim == 1, (x.shape, x_lens.shape)
+        assert x.size(0) == x_lens.size(0) == len(y), (x.shape, x_lens.shape, len(y))
+
+        encoder_out, encoder_out_lens = self.encoder(x, x_lens, warmup=warmup)
+        assert torch.all(encoder_out_lens > 0), encoder_out_lens
+
+        blank_id = self.decoder.blank_id
+        y_padded, y_lens = pad_token_ids(y, blank_id, x.device)
+        sos = torch.full((len(y), 1), blank_id, dtype=torch.int64, device=x.device)
+        decoder_out = self.decoder(torch.cat([sos, y_padded], dim=1))  # [B, S+1, C]
+
+        boundary = torch.zeros((x.size(0), 4), dtype=torch.int64, device=x.device)
+        boundary[:, 2] = y_lens
+        boundary[:, 3] = encoder_out_lens
+
+        lm = self.simple_lm_proj(decoder_out)
+        am = self.simple_am_proj(encoder_out)
+        simple_loss, (px_grad, py_grad) = rnnt_loss_smoothed(
+            lm=lm.float(), am=am.float(), symbols=y_padded,
+            termination_symbol=blank_id, lm_only_scale=lm_scale,
+            am_only_scale=am_scale, boundary=boundary, reduction=reduction,
+            return_grad=True)
+
+        ranges = get_rnnt_prune_ranges(px_grad=px_grad, py_grad=py_grad,
+                                       boundary=boundary, s_range=prune_range)
+        # Project before pruning: each frame/context is projected once, not
+        # once per (t, s) pair.  am_pruned/lm_pruned: [B, T, prune_range, joiner_dim]
+        am_pruned, lm_pruned = do_rnnt_pruning(am=self.joiner.encoder_proj(encoder_out),
+                                               lm=self.joiner.decoder_proj(decoder_out),
+                                               ranges=ranges)
+        logits = self.joiner(am_pruned, lm_pruned, project_input=False)
+        pruned_loss = rnnt_loss_pruned(logits=logits.float(), symbols=y_padded,
+                                       ranges=ranges, termination_symbol=blank_id,
+                                       boundary=boundary, reduction=reduction)
+        return simple_loss, pruned_loss
+
+
+def pad_token_ids(y: List[List[int]], pad_id: int,
+                  device: torch.device = torch.device("cpu")) -> Tuple[Tensor, Tensor]:
+    """B lists of ids -> (padded [B, max(len)] int64 filled with pad_id, lens [B])."""
+    lens = torch.tensor([len(ids) for ids in y], dtype=torch.int64)
+    padded = torch.full((len(y), int(lens.max()) if len(y) else 0), pad_id,
+                        dtype=torch.int64)
+    for i, ids in enumerate(y):
+        padded[i, : len(ids)] = torch.as_tensor(ids, dtype=torch.int64)
+    return padded.to(device), lens.to(device)
+
+
+def default_config() -> Dict:
+    """icefall's LibriSpeech pruned_transducer_stateless3 sizes (BPE 500)."""
+    return {
+        "feature_dim": 80,
+        "subsampling_factor": 4,
+        "encoder_dim": 512,
+        "nhead": 8,
+        "dim_feedforward": 2048,
+        "num_encoder_layers": 12,
+        "vocab_size": 500,
+        "blank_id": 0,
+        "context_size": 2,
+        "decoder_dim": 512,
+        "joiner_dim": 512,
+        **OPTIONAL_DEFAULTS,
+    }
+
+
+def build_model(config: Dict) -> Transducer:
+    """Build a Transducer from a plain dict of sizes (see default_config()).
+
+    Raises ValueError naming any missing or unknown key.
+    """
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    unknown = [k for k in config if k not in REQUIRED_KEYS and k not in OPTIONAL_DEFAULTS]
+    if missing or unknown:
+        raise ValueError(f"model config: missing keys {missing}, unknown keys {unknown}; "
+                         f"expected {list(REQUIRED_KEYS)} plus optional "
+                         f"{list(OPTIONAL_DEFAULTS)}")
+    c = {**OPTIONAL_DEFAULTS, **config}
+    encoder = Conformer(num_features=c["feature_dim"],
+                        subsampling_factor=c["subsampling_factor"],
+                        d_model=c["encoder_dim"], nhead=c["nhead"],
+                        dim_feedforward=c["dim_feedforward"],
+                        num_encoder_layers=c["num_encoder_layers"],
+                        dropout=c["dropout"], layer_dropout=c["layer_dropout"],
+                        cnn_module_kernel=c["cnn_module_kernel"])
+    decoder = Decoder(vocab_size=c["vocab_size"], decoder_dim=c["decoder_dim"],
+                      blank_id=c["blank_id"], context_size=c["context_size"])
+    joiner = Joiner(encoder_dim=c["encoder_dim"], decoder_dim=c["decoder_dim"],
+                    joiner_dim=c["joiner_dim"], vocab_size=c["vocab_size"])
+    return Transducer(encoder, decoder, joiner, encoder_dim=c["encoder_dim"],
+                      decoder_dim=c["decoder_dim"], joiner_dim=c["joiner_dim"],
+                      vocab_size=c["vocab_size"])
+
+
+def load_icefall_state_dict(model: nn.Module, state_dict: Dict[str, Tensor]) -> None:
+    """Load an icefall pruned_transducer_stateless3 state_dict with strict=True.
+
+    Accepts the bare state_dict or a checkpoint dict holding it under "model".
+    Drops the GigaSpeech heads (decoder_giga.*, joiner_giga.*,
+    simple_*_proj_giga.*) of multi-dataset checkpoints, which this model
+    does not have; any other mismatch raises.
+    """
+    if "model" in state_dict and isinstance(state_dict["model"], dict):
+        state_dict = state_dict["model"]
+    dropped = [k for k in state_dict if k.startswith(EXTRA_PREFIXES)]
+    if dropped:
+        logging.info(f"load_icefall_state_dict: dropping {len(dropped)} GigaSpeech "
+                     f"tensors ({', '.join(sorted({k.split('.')[0] for k in dropped}))})")
+        dropped = set(dropped)
+        state_dict = {k: v for k, v in state_dict.items() if k not in dropped}
+    model.load_state_dict(state_dict, strict=True)

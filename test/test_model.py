@@ -1,0 +1,245 @@
+"""Tests of the pruned_transducer_stateless3 model against icefall.
+
+References (test/data):
+- icefall_pts3_state_dict.json: names/shapes/dtypes of icefall's default model.
+- icefall_pts3_small.pt: a small model built and run by icefall's own code
+  (see icefall_pts3_small.md): weights, inputs, and icefall's outputs.
+"""
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "egs" / "librispeech" / "ASR" / "pruned_transducer_stateless3"
+DATA = Path(__file__).resolve().parent / "data"
+for p in (str(ROOT), str(RECIPE)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from conformer import RelPositionMultiheadAttention  # noqa: E402
+from model import build_model, default_config, load_icefall_state_dict  # noqa: E402
+from scaling import ActivationBalancerFunction, DoubleSwish  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return torch.load(DATA / "icefall_pts3_small.pt")
+
+
+@pytest.fixture(scope="module")
+def small_model(ref):
+    model = build_model(ref["config"])
+    load_icefall_state_dict(model, ref["model"])
+    return model.eval()
+
+
+def assert_close(got, want):
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+def test_default_state_dict_matches_icefall():
+    rows = json.loads((DATA / "icefall_pts3_state_dict.json").read_text())
+    want = {name: (shape, dtype) for name, shape, dtype in rows}
+    model = build_model(default_config())
+    got = {k: (list(v.shape), str(v.dtype).replace("torch.", ""))
+           for k, v in model.state_dict().items()}
+    assert sorted(set(want) - set(got)) == [], "missing tensors"
+    assert sorted(set(got) - set(want)) == [], "extra tensors"
+    bad = [(k, got[k], want[k]) for k in want if got[k] != want[k]]
+    assert bad == []
+    assert len(got) == 557
+    # 78,648,040 parameters; the one other element is the out_norm.eps buffer.
+    assert sum(p.numel() for p in model.parameters()) == 78_648_040
+    assert sum(math.prod(s) for s, _ in want.values()) == 78_648_041
+
+
+def test_encoder_matches_icefall(ref, small_model):
+    x, x_lens = ref["inputs"]["x"], ref["inputs"]["x_lens"]
+    with torch.no_grad():
+        out, out_lens = small_model.encoder(x, x_lens)
+        out_warm, _ = small_model.encoder(x, x_lens, warmup=0.3)
+    assert torch.equal(out_lens, ref["outputs"]["encoder_out_lens"])
+    assert_close(out, ref["outputs"]["encoder_out"])
+    assert torch.equal(out, out_warm)  # warmup only acts in training
+
+
+def test_decoder_joiner_projections_match_icefall(ref, small_model):
+    inputs, outputs = ref["inputs"], ref["outputs"]
+    m = small_model
+    with torch.no_grad():
+        enc = outputs["encoder_out"]
+        dec = m.decoder(inputs["sos_y_padded"])
+        assert_close(dec, outputs["decoder_out"])
+        # -1 marks "no token yet" in beam search: it must embed to zeros
+        assert_close(m.decoder(inputs["decoder_context"], need_pad=False),
+                     outputs["decoder_out_context"])
+        assert_close(m.joiner(enc.unsqueeze(2), dec.unsqueeze(1)), outputs["joiner_out"])
+        assert_close(m.simple_am_proj(enc), outputs["simple_am"])
+        assert_close(m.simple_lm_proj(dec), outputs["simple_lm"])
+
+
+def test_greedy_search_matches_icefall(ref, small_model):
+    """Batch greedy search (one symbol per frame) written against the call
+    conventions beam search uses: decoder(need_pad=False), projections, then
+    joiner(project_input=False)."""
+    m = small_model
+    enc, lens = ref["outputs"]["encoder_out"], ref["outputs"]["encoder_out_lens"]
+    blank, ctx = m.decoder.blank_id, m.decoder.context_size
+    hyps = [[-1] * (ctx - 1) + [blank] for _ in range(enc.size(0))]
+    with torch.no_grad():
+        enc_proj = m.joiner.encoder_proj(enc)
+        for t in range(enc.size(1)):
+            context = torch.tensor([h[-ctx:] for h in hyps])
+            dec_proj = m.joiner.decoder_proj(m.decoder(context, need_pad=False))
+            logits = m.joiner(enc_proj[:, t:t + 1].unsqueeze(2), dec_proj.unsqueeze(1),
+                              project_input=False)
+            for i, k in enumerate(logits.reshape(enc.size(0), -1).argmax(-1).tolist()):
+                if t < lens[i] and k != blank:
+                    hyps[i].append(k)
+    assert [h[ctx:] for h in hyps] == ref["outputs"]["greedy_search_batch"]
+
+
+def test_greedy_search_max_sym_per_frame_matches_icefall(ref, small_model):
+    """Single-utterance greedy search allowing up to 3 symbols per frame."""
+    m = small_model
+    blank, ctx = m.decoder.blank_id, m.decoder.context_size
+    results = []
+    with torch.no_grad():
+        for enc, T in zip(ref["outputs"]["encoder_out"], ref["outputs"]["encoder_out_lens"]):
+            enc_proj = m.joiner.encoder_proj(enc[:T])
+            hyp, t, emitted = [-1] * (ctx - 1) + [blank], 0, 0
+            while t < T:
+                dec = m.joiner.decoder_proj(m.decoder(torch.tensor([hyp[-ctx:]]), need_pad=False))
+                k = int(m.joiner(enc_proj[t].reshape(1, 1, 1, -1), dec.unsqueeze(1),
+                                 project_input=False).argmax())
+                if k != blank and emitted < 3:
+                    hyp.append(k)
+                    emitted += 1
+                else:
+                    t, emitted = t + 1, 0
+            results.append(hyp[ctx:])
+    assert results == ref["outputs"]["greedy_search_max_sym3"]
+
+
+def test_activation_balancer_grad_matches_icefall(ref):
+    b = ref["balancer"]
+    x = b["x"].clone().requires_grad_(True)
+    a = b["args"]
+    y = ActivationBalancerFunction.apply(x, a["channel_dim"], a["min_positive"],
+                                         a["max_positive"], a["max_factor"],
+                                         a["min_abs"], a["max_abs"])
+    assert torch.equal(y, b["x"])
+    y.backward(b["out_grad"])
+    assert_close(x.grad, b["x_grad"])
+    assert not torch.equal(x.grad, b["out_grad"])  # the case does modify grads
+
+
+def test_double_swish_value_and_grad():
+    x = (torch.randn(7, 5, dtype=torch.float64) * 3).requires_grad_(True)
+    assert torch.allclose(DoubleSwish()(x), x * torch.sigmoid(x - 1))
+    assert torch.autograd.gradcheck(DoubleSwish(), (x,))
+
+
+def test_rel_shift_brute_force():
+    B, H, T = 2, 3, 5
+    x = torch.randn(B, H, T, 2 * T - 1)
+    got = RelPositionMultiheadAttention._rel_shift(x)
+    # column c of x is relative position T-1-c; out[i, j] is position i - j
+    want = torch.stack([torch.stack([x[:, :, i, T - 1 - i + j] for j in range(T)], -1)
+                        for i in range(T)], 2)
+    assert torch.equal(got, want)
+
+
+def test_load_icefall_state_dict_drops_giga_heads(ref, caplog):
+    model = build_model(ref["config"])
+    sd = dict(ref["model"])
+    sd["decoder_giga.embedding.weight"] = torch.zeros(3)
+    sd["simple_am_proj_giga.weight"] = torch.zeros(3)
+    with caplog.at_level(logging.INFO):
+        load_icefall_state_dict(model, {"model": sd})
+    assert "dropping 2" in caplog.text
+    sd["something_else"] = torch.zeros(1)
+    with pytest.raises(RuntimeError):
+        load_icefall_state_dict(model, sd)
+
+
+def test_build_model_rejects_bad_config():
+    with pytest.raises(ValueError, match="nhead"):
+        build_model({k: v for k, v in default_config().items() if k != "nhead"})
+    with pytest.raises(ValueError, match="d_model"):
+        build_model({**default_config(), "d_model": 512})
+
+
+def test_small_model_trains_in_train_mode():
+    """Training mode: dropout, layer bypass, balancers; gradients reach all
+    parameters except the eps buffer."""
+    torch.manual_seed(0)
+    config = {**default_config(), "encoder_dim": 64, "nhead": 4, "dim_feedforward": 96,
+              "num_encoder_layers": 2, "vocab_size": 30, "decoder_dim": 32,
+              "joiner_dim": 48}
+    model = build_model(config).train()
+    x, x_lens = torch.randn(3, 40, 80), torch.tensor([40, 33, 20])
+    enc, lens = model.encoder(x, x_lens, warmup=0.2)
+    assert enc.shape == (3, 9, 64) and lens.tolist() == [9, 7, 4]
+    dec = model.decoder(torch.randint(0, 30, (3, 6)))
+    assert dec.shape == (3, 6, 32)
+    logits = model.joiner(enc.unsqueeze(2), dec.unsqueeze(1))
+    assert logits.shape == (3, 9, 6, 30)
+    (logits.logsumexp(-1).sum() + model.simple_am_proj(enc).sum()
+     + model.simple_lm_proj(dec).sum()).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert no_grad == []
+
+
+def _brute_force_rnnt_loss(model, enc, enc_lens, y):
+    """Full RNN-T loss by dynamic programming over the whole lattice."""
+    losses = []
+    with torch.no_grad():
+        for b, ids in enumerate(y):
+            T, S = int(enc_lens[b]), len(ids)
+            sos = torch.tensor([[model.decoder.blank_id] + ids])
+            dec = model.decoder(sos)[0]                                  # [S+1, C]
+            lp = model.joiner(enc[b, :T].unsqueeze(1), dec.unsqueeze(0)).log_softmax(-1)
+            blank = lp[:, :, model.decoder.blank_id].double()            # [T, S+1]
+            emit = torch.stack([lp[:, s, ids[s]] for s in range(S)], 1).double()
+            alpha = torch.full((T, S + 1), -math.inf, dtype=torch.float64)
+            for t in range(T):
+                for s in range(S + 1):
+                    if t == 0 and s == 0:
+                        alpha[t, s] = 0.0
+                        continue
+                    a = alpha[t - 1, s] + blank[t - 1, s] if t > 0 else -math.inf
+                    e = alpha[t, s - 1] + emit[t, s - 1] if s > 0 else -math.inf
+                    alpha[t, s] = torch.logaddexp(torch.as_tensor(a), torch.as_tensor(e))
+            losses.append(-(alpha[T - 1, S] + blank[T - 1, S]))
+    return torch.stack(losses)
+
+
+def test_forward_loss(ref, small_model):
+    """Needs icefall/rnnt_loss.py.  With prune_range > S the pruned loss is
+    the full RNN-T loss, which is checked against brute force."""
+    pytest.importorskip("icefall.rnnt_loss")
+    model = small_model
+    x, x_lens, y = ref["inputs"]["x"], ref["inputs"]["x_lens"], ref["inputs"]["y"]
+    simple, pruned = model(x, x_lens, y, prune_range=5, reduction="none")
+    assert simple.shape == pruned.shape == (2,)
+    enc, enc_lens = ref["outputs"]["encoder_out"], ref["outputs"]["encoder_out_lens"]
+    want = _brute_force_rnnt_loss(model, enc, enc_lens, y).float()
+    torch.testing.assert_close(pruned, want, rtol=1e-4, atol=1e-3)
+
+    model.train()
+    try:
+        simple_sum, pruned_sum = model(x, x_lens, y, prune_range=3, am_scale=0.25,
+                                       lm_scale=0.25, warmup=0.5)
+        assert simple_sum.ndim == 0 and torch.isfinite(simple_sum + pruned_sum)
+        (0.5 * simple_sum + pruned_sum).backward()
+        assert model.encoder.encoder_embed.out.weight.grad is not None
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
