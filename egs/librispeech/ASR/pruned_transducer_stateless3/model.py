@@ -187,3 +187,41 @@ def load_icefall_state_dict(model: nn.Module, state_dict: Dict[str, Tensor]) -> 
         dropped = set(dropped)
         state_dict = {k: v for k, v in state_dict.items() if k not in dropped}
     model.load_state_dict(state_dict, strict=True)
+
+
+# ------------------------------------------------------------------ flags
+
+# Model-size flags and the config key each sets (vocab_size and blank_id come
+# from the tokens, not from a flag).
+_SIZE_FLAGS = {
+    "feature_dim": 80,
+    "subsampling_factor": 4,
+    "encoder_dim": 512,
+    "nhead": 8,
+    "dim_feedforward": 2048,
+    "num_encoder_layers": 12,
+    "cnn_module_kernel": 31,
+    "decoder_dim": 512,
+    "joiner_dim": 512,
+    "context_size": 2,
+}
+
+
+def add_model_arguments(parser) -> None:
+    """Model-size flags shared by train.py, decode.py, export.py and pretrained.py.
+
+    The defaults are icefall's LibriSpeech model. Files written by this
+    recipe carry their config, which wins over these flags; they matter for
+    training and for icefall's own files, which carry none.
+    """
+    group = parser.add_argument_group("model sizes (ignored when the checkpoint carries a config)")
+    for key, default in _SIZE_FLAGS.items():
+        help_text = {"encoder_dim": "Conformer d_model", "context_size": "decoder context: 1 bigram, 2 trigram"}
+        group.add_argument(f"--{key.replace('_', '-')}", type=int, default=default, help=help_text.get(key))
+
+
+def config_from_args(args, vocab_size: int, blank_id: int = 0) -> Dict:
+    """The model config the size flags describe."""
+    config = {key: getattr(args, key) for key in _SIZE_FLAGS}
+    config.update(vocab_size=vocab_size, blank_id=blank_id)
+    return config

@@ -52,23 +52,7 @@ from icefall.dist import all_reduce_sum, cleanup_dist, launched_by_torchrun, set
 from icefall.optim import Eden, Eve  # noqa: E402
 from icefall.tokens import load_bpe_model  # noqa: E402
 from icefall.utils import AttributeDict, MetricsTracker, get_env_info, setup_logger, str2bool  # noqa: E402
-from model import build_model  # noqa: E402
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Model sizes; the defaults are icefall's LibriSpeech model."""
-    parser.add_argument("--feature-dim", type=int, default=80)
-    parser.add_argument("--subsampling-factor", type=int, default=4)
-    parser.add_argument("--encoder-dim", type=int, default=512, help="Conformer d_model")
-    parser.add_argument("--nhead", type=int, default=8)
-    parser.add_argument("--dim-feedforward", type=int, default=2048)
-    parser.add_argument("--num-encoder-layers", type=int, default=12)
-    parser.add_argument("--cnn-module-kernel", type=int, default=31)
-    parser.add_argument("--decoder-dim", type=int, default=512)
-    parser.add_argument("--joiner-dim", type=int, default=512)
-    parser.add_argument(
-        "--context-size", type=int, default=2, help="decoder context: 1 bigram, 2 trigram"
-    )
+from model import add_model_arguments, build_model, config_from_args  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -107,15 +91,6 @@ def get_parser() -> argparse.ArgumentParser:
     add_model_arguments(parser)
     AsrDataModule.add_arguments(parser)
     return parser
-
-
-def model_config(params: AttributeDict) -> Dict[str, Any]:
-    keys = (
-        "feature_dim", "subsampling_factor", "encoder_dim", "nhead", "dim_feedforward",
-        "num_encoder_layers", "cnn_module_kernel", "decoder_dim", "joiner_dim",
-        "context_size", "vocab_size", "blank_id",
-    )
-    return {k: params[k] for k in keys}
 
 
 def get_params(args: argparse.Namespace) -> AttributeDict:
@@ -250,7 +225,7 @@ class Trainer:
         save_checkpoint(
             filename, self.model, params=info, model_avg=self.model_avg, optimizer=self.optimizer,
             scheduler=self.scheduler, scaler=self.scaler, sampler=sampler,
-            config=model_config(p), rank=self.rank,
+            config=config_from_args(p, p.vocab_size, p.blank_id), rank=self.rank,
         )
 
     def train_one_epoch(self, train_dl, valid_dl, rng_state: Optional[Dict] = None) -> bool:
@@ -393,7 +368,7 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
 
     sp = load_bpe_model(params.bpe_model)
     params.vocab_size, params.blank_id = sp.get_piece_size(), 0
-    model = build_model(model_config(params))
+    model = build_model(config_from_args(params, params.vocab_size, params.blank_id))
     logging.info(f"Number of model parameters: {sum(p.numel() for p in model.parameters())}")
     model_avg = copy.deepcopy(model).to(torch.float64) if rank == 0 else None
     model.to(device)
