@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""Stage 0 of egs/synth/ASR/prepare.sh: synthesise the corpus audio.
+
+Writes ``<output-dir>/{train,dev,test}/*.flac``, ``{split}.jsonl`` and
+``vocab.txt``; see ``icefall/synth_corpus.py``.
+"""
+
+import argparse
+import logging
+import sys
+import time
+
+from icefall.synth_corpus import SynthConfig, VoiceError, synthesize_corpus
+from icefall.text import TextSourceError
+
+
+def get_parser() -> argparse.ArgumentParser:
+    d = SynthConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--output-dir", default="data/audio/synth")
+    p.add_argument("--num-train", type=int, default=d.num_train)
+    p.add_argument("--num-dev", type=int, default=d.num_dev)
+    p.add_argument("--num-test", type=int, default=d.num_test)
+    p.add_argument("--num-words", type=int, default=d.num_words,
+                   help="sentences use only the N most frequent words of the text")
+    p.add_argument("--min-words", type=int, default=d.min_words)
+    p.add_argument("--max-words", type=int, default=d.max_words)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--text-source", default=None,
+                   help="a Markov chain .json (essential-generators format) or a UTF-8 text "
+                   "file; default: essential-generators' Wikipedia chain")
+    p.add_argument("--languages", default=",".join(d.languages), help="espeak English voices")
+    for split in ("train", "dev", "test"):
+        p.add_argument(f"--{split}-variants", default=",".join(d.variants(split)),
+                       help=f"espeak voice variants of the {split} split")
+    p.add_argument("--nj", type=int, default=2, help="synthesis processes")
+    return p
+
+
+def main() -> None:
+    args = get_parser().parse_args()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    split_list = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())
+    config = SynthConfig(
+        num_train=args.num_train, num_dev=args.num_dev, num_test=args.num_test,
+        num_words=args.num_words, min_words=args.min_words, max_words=args.max_words,
+        seed=args.seed, text_source=args.text_source, languages=split_list(args.languages),
+        train_variants=split_list(args.train_variants), dev_variants=split_list(args.dev_variants),
+        test_variants=split_list(args.test_variants),
+    )
+    start = time.time()
+    try:
+        plan = synthesize_corpus(config, args.output_dir, num_jobs=args.nj)
+    except TextSourceError as e:
+        sys.exit(f"synthesize.py: --text-source: {e}")
+    except (VoiceError, ValueError) as e:
+        sys.exit(f"synthesize.py: {e}")
+    hours = sum(u.num_samples for utts in plan.values() for u in utts) / 16000 / 3600
+    logging.info(f"synthesised {hours:.2f} h in {time.time() - start:.0f} s into {args.output_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Reading audio files as 16 kHz mono float32 arrays.
+
+One function, :func:`read_audio`, used by decoding scripts and data
+preparation. It reads anything libsndfile reads (wav, flac, ogg, ...), keeps
+the first channel of multi-channel audio and resamples other sampling rates
+with :func:`scipy.signal.resample_poly`. Every failure is an
+:class:`AudioFileError` whose one-line message starts with the file name.
+"""
+
+import logging
+from math import gcd
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+PathLike = Union[str, Path]
+
+
+class AudioFileError(ValueError):
+    """An audio file that cannot be used; the message names the file."""
+
+
+def resample(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+    """Resample a 1-D float signal ``[N]`` from ``orig_rate`` to ``new_rate`` Hz
+    with a polyphase filter; returns float32 ``[round(N * new_rate / orig_rate)]``."""
+    if orig_rate == new_rate:
+        return samples.astype(np.float32, copy=False)
+    from scipy.signal import resample_poly
+
+    g = gcd(int(orig_rate), int(new_rate))
+    out = resample_poly(samples, int(new_rate) // g, int(orig_rate) // g)
+    return out.astype(np.float32)
+
+
+def read_audio(path: PathLike, sample_rate: int = 16000) -> np.ndarray:
+    """Read an audio file as mono float32 samples in [-1, 1] at ``sample_rate``.
+
+    Args:
+      path: an audio file libsndfile can read (wav, flac, ogg, ...).
+      sample_rate: the wanted rate in Hz; other rates are resampled (and logged).
+
+    Returns:
+      ``np.ndarray`` float32 of shape ``[num_samples]``; the first channel of a
+      multi-channel file. A silent file gives zeros.
+
+    Raises:
+      AudioFileError: the file is missing, empty (0 bytes or 0 samples) or not audio.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise AudioFileError(f"{path}: audio file not found")
+    if path.stat().st_size == 0:
+        raise AudioFileError(f"{path}: audio file is empty (0 bytes)")
+    try:
+        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # libsndfile raises LibsndfileError/RuntimeError
+        msg = str(e).replace("\n", " ")
+        raise AudioFileError(f"{path}: not a readable audio file ({msg})") from None
+    if samples.shape[0] == 0:
+        raise AudioFileError(f"{path}: audio file has 0 samples")
+    if samples.shape[1] > 1:
+        logging.debug(f"{path}: {samples.shape[1]} channels, using the first")
+    samples = samples[:, 0]
+    if rate != sample_rate:
+        logging.info(f"{path}: resampling from {rate} Hz to {sample_rate} Hz")
+        samples = resample(samples, rate, sample_rate)
+    return np.ascontiguousarray(samples, dtype=np.float32)

@@ -1,0 +1,60 @@
+"""Tests of icefall/audio.py: read_audio."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from icefall.audio import AudioFileError, read_audio
+
+
+def peak_frequency(x: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.argmax(spectrum) * rate / len(x))
+
+
+def test_stereo_44k_is_resampled_and_first_channel_kept(tmp_path):
+    rate, seconds = 44100, 1.0
+    t = np.arange(int(rate * seconds)) / rate
+    left = 0.5 * np.sin(2 * np.pi * 1000 * t)  # 1 kHz in channel 0
+    right = 0.5 * np.sin(2 * np.pi * 3000 * t)  # 3 kHz in channel 1
+    path = tmp_path / "stereo.wav"
+    sf.write(path, np.stack([left, right], axis=1), rate)
+    x = read_audio(path)
+    assert x.dtype == np.float32 and x.ndim == 1
+    assert abs(len(x) - 16000) <= 1
+    assert abs(peak_frequency(x, 16000) - 1000) < 5
+    assert 0.45 < np.abs(x[1000:-1000]).max() < 0.55
+
+
+def test_16k_flac_round_trip(tmp_path):
+    x = (np.random.default_rng(0).uniform(-0.5, 0.5, 8000)).astype(np.float32)
+    sf.write(tmp_path / "a.flac", x, 16000, subtype="PCM_16")
+    y = read_audio(tmp_path / "a.flac")
+    assert y.shape == x.shape
+    assert np.abs(y - x).max() < 1e-4  # 16-bit quantisation
+
+
+def test_other_target_rate(tmp_path):
+    sf.write(tmp_path / "a.wav", np.zeros(16000, dtype=np.float32), 16000)
+    assert len(read_audio(tmp_path / "a.wav", sample_rate=8000)) == 8000
+
+
+def test_silent_file_is_fine(tmp_path):
+    sf.write(tmp_path / "silence.wav", np.zeros(1600, dtype=np.float32), 16000)
+    x = read_audio(tmp_path / "silence.wav")
+    assert x.shape == (1600,) and not x.any()
+
+
+def test_errors_name_the_file(tmp_path):
+    with pytest.raises(AudioFileError, match=r"missing\.wav: audio file not found"):
+        read_audio(tmp_path / "missing.wav")
+    (tmp_path / "empty.wav").write_bytes(b"")
+    with pytest.raises(AudioFileError, match=r"empty\.wav: audio file is empty"):
+        read_audio(tmp_path / "empty.wav")
+    sf.write(tmp_path / "nosamples.wav", np.zeros(0, dtype=np.float32), 16000)
+    with pytest.raises(AudioFileError, match=r"nosamples\.wav: audio file has 0 samples"):
+        read_audio(tmp_path / "nosamples.wav")
+    (tmp_path / "notes.flac").write_text("this is not audio\n" * 10)
+    with pytest.raises(AudioFileError, match=r"notes\.flac: not a readable audio file") as e:
+        read_audio(tmp_path / "notes.flac")
+    assert "\n" not in str(e.value)

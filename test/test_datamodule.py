@@ -1,0 +1,141 @@
+"""Tests of icefall/asr_datamodule.py on a small synthetic cut set."""
+
+import argparse
+import shutil
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+
+from icefall.asr_datamodule import AsrDataModule
+
+TEXTS = [
+    "THE OLD TOWN WAS BUILT NEAR THE RIVER", "PEOPLE CAME FROM THE NORTH", "THE RIVER WAS WIDE",
+    "A NEW ROAD WAS BUILT", "THE CITY HAS MANY OLD BUILDINGS", "MOST PEOPLE WORK IN THE CITY",
+    "THE NORTH IS COLD", "FARMERS GROW WHEAT IN THE VALLEY", "SHIPS CARRY GOODS",
+    "THE MUSEUM SHOWS ART FROM MANY COUNTRIES", "WINTERS ARE LONG", "SUMMERS ARE SHORT AND WARM",
+]
+
+
+@pytest.fixture(scope="module")
+def fbank_dir(tmp_path_factory):
+    """synth_cuts_{train,dev,test}.jsonl.gz with precomputed features (absolute paths)."""
+    from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
+
+    from icefall.features import compute_and_store_fbank
+    from icefall.synth_corpus import Utterance, render
+
+    root = tmp_path_factory.mktemp("dm")
+    out = root / "fbank"
+    out.mkdir()
+    voices = ["en-us+m1", "en+f2", "en-029+m4"]
+    for split, n in (("train", 24), ("dev", 4), ("test", 4)):
+        recs, sups = [], []
+        for i in range(n):
+            uid = f"{split}-{i:03d}"
+            utt = Utterance(id=uid, split=split, text=TEXTS[i % len(TEXTS)], voice=voices[i % 3],
+                            rate=150 + 5 * (i % 8), pitch=50, pitch_range=50, snr=30.0, gain=0.5,
+                            lead=0.1, noise_seed=i)
+            path = root / f"{uid}.flac"
+            sf.write(path, render(utt), 16000, subtype="PCM_16")
+            rec = Recording.from_file(path, recording_id=uid)
+            recs.append(rec)
+            sups.append(SupervisionSegment(id=uid, recording_id=uid, start=0, duration=rec.duration,
+                                           text=utt.text, speaker=utt.voice))
+        cuts = CutSet.from_manifests(recordings=RecordingSet.from_recordings(recs),
+                                     supervisions=SupervisionSet.from_segments(sups))
+        cuts = compute_and_store_fbank(cuts, out / f"synth_feats_{split}", progress_bar=False)
+        cuts.to_file(out / f"synth_cuts_{split}.jsonl.gz")
+    return out
+
+
+def sid(cut) -> str:
+    return cut.supervisions[0].id
+
+
+def make_args(manifest_dir: Path, *extra: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    AsrDataModule.add_arguments(parser)
+    return parser.parse_args(["--manifest-dir", str(manifest_dir), "--num-workers", "0",
+                              "--max-duration", "8", "--num-buckets", "2", *extra])
+
+
+def test_flags_and_defaults(fbank_dir):
+    args = make_args(fbank_dir)
+    assert args.enable_spec_aug is True and args.spec_aug_time_warp_factor == 80
+    assert args.bucketing_sampler is True and args.on_the_fly_feats is False
+    assert args.dataset == "auto" and args.full_libri is False
+    dm = AsrDataModule(args)
+    assert dm.dataset == "synth"
+    assert set(dm.test_sets()) == {"test"}
+    assert len(dm.valid_cuts().to_eager()) == 4
+
+
+def test_auto_dataset_errors(tmp_path, fbank_dir):
+    with pytest.raises(FileNotFoundError, match="--manifest-dir"):
+        AsrDataModule(make_args(tmp_path))
+    shutil.copy(fbank_dir / "synth_cuts_test.jsonl.gz", tmp_path / "librispeech_cuts_test-clean.jsonl.gz")
+    shutil.copy(fbank_dir / "synth_cuts_test.jsonl.gz", tmp_path / "synth_cuts_test.jsonl.gz")
+    with pytest.raises(ValueError, match="--dataset"):
+        AsrDataModule(make_args(tmp_path))
+    dm = AsrDataModule(make_args(tmp_path, "--dataset", "librispeech"))
+    with pytest.raises(FileNotFoundError, match="librispeech_cuts_test-other.jsonl.gz"):
+        dm.test_sets()
+
+
+def test_librispeech_layout(tmp_path, fbank_dir):
+    for part in ("train-clean-100", "dev-clean", "dev-other", "test-clean", "test-other"):
+        shutil.copy(fbank_dir / "synth_cuts_test.jsonl.gz", tmp_path / f"librispeech_cuts_{part}.jsonl.gz")
+    dm = AsrDataModule(make_args(tmp_path))
+    assert dm.dataset == "librispeech"
+    assert set(dm.test_sets()) == {"test-clean", "test-other"}
+    assert len(dm.valid_cuts().to_eager()) == 8  # dev-clean + dev-other
+    dm.args.full_libri = True
+    with pytest.raises(FileNotFoundError, match="train-clean-360"):
+        dm.train_cuts()
+
+
+def test_train_batches_with_spec_augment(fbank_dir):
+    dm = AsrDataModule(make_args(fbank_dir, "--shuffle", "false"))
+    plain = AsrDataModule(make_args(fbank_dir, "--shuffle", "false", "--enable-spec-aug", "false"))
+    torch.manual_seed(0)
+    batch = next(iter(dm.train_dataloaders(dm.train_cuts())))
+    ref = next(iter(plain.train_dataloaders(plain.train_cuts())))
+    x, sup = batch["inputs"], batch["supervisions"]
+    assert x.dim() == 3 and x.shape[2] == 80 and x.shape[0] == len(sup["text"])
+    assert sup["num_frames"].max() <= x.shape[1]
+    assert [sid(c) for c in sup["cut"]] == [sid(c) for c in ref["supervisions"]["cut"]]
+    assert not torch.equal(x, ref["inputs"])  # SpecAugment changed the features
+
+
+def test_valid_and_test_loaders_cover_all_cuts(fbank_dir):
+    dm = AsrDataModule(make_args(fbank_dir))
+    ids = [sid(c) for b in dm.test_dataloaders(dm.test_sets()["test"]) for c in b["supervisions"]["cut"]]
+    assert sorted(ids) == [f"test-{i:03d}" for i in range(4)]
+    n = sum(len(b["supervisions"]["text"]) for b in dm.valid_dataloaders(dm.valid_cuts()))
+    assert n == 4
+
+
+def test_on_the_fly_features_match_precomputed(fbank_dir):
+    pre = AsrDataModule(make_args(fbank_dir))
+    otf = AsrDataModule(make_args(fbank_dir, "--on-the-fly-feats", "true"))
+    a = next(iter(pre.test_dataloaders(pre.test_sets()["test"])))
+    b = next(iter(otf.test_dataloaders(otf.test_sets()["test"])))
+    assert a["inputs"].shape == b["inputs"].shape
+    assert (a["inputs"] - b["inputs"]).abs().max() < 0.05  # lilcom compression is lossy
+
+
+def test_sampler_state_restores_the_epoch(fbank_dir):
+    dm = AsrDataModule(make_args(fbank_dir, "--max-duration", "6"))
+    cuts = dm.train_cuts()
+    ids = lambda b: [sid(c) for c in b["supervisions"]["cut"]]
+    full = [ids(b) for b in dm.train_dataloaders(cuts)]
+    assert len(full) >= 4
+    dl = dm.train_dataloaders(cuts)
+    it = iter(dl)
+    first = [ids(next(it)) for _ in range(2)]
+    state = dl.sampler.state_dict()
+    resumed = [ids(b) for b in dm.train_dataloaders(cuts, sampler_state_dict=state)]
+    assert first == full[:2]
+    assert resumed == full[2:]
