@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""Export the transducer to ONNX: encoder, decoder and joiner, fp32 and int8.
+
+Usage, from egs/<dataset>/ASR, from checkpoints (the flags of export.py):
+
+  ./pruned_transducer_stateless3/export-onnx.py \\
+      --exp-dir pruned_transducer_stateless3/exp \\
+      --tokens data/lang_bpe_500/tokens.txt \\
+      --epoch 30 --avg 9
+
+or from an exported pretrained.pt:
+
+  ./pruned_transducer_stateless3/export-onnx.py \\
+      --checkpoint pruned_transducer_stateless3/exp/pretrained.pt \\
+      --tokens data/lang_bpe_500/tokens.txt \\
+      --output-dir pruned_transducer_stateless3/exp
+
+writes into --output-dir (default: --exp-dir) encoder.onnx, decoder.onnx,
+joiner.onnx, their dynamically quantized encoder.int8.onnx, decoder.int8.onnx,
+joiner.int8.onnx, and a copy of tokens.txt. The layout and metadata are those
+of sherpa-onnx's offline transducer (as icefall's export-onnx.py writes them):
+
+  encoder: x [N, T, 80], x_lens [N] -> encoder_out [N, T', joiner_dim]
+           (encoder_proj applied), encoder_out_lens [N]
+  decoder: y [N, context_size] int64 -> decoder_out [N, joiner_dim]
+           (decoder_proj applied)
+  joiner:  encoder_out [N, joiner_dim], decoder_out [N, joiner_dim] -> logit [N, vocab]
+
+Decode with ./pruned_transducer_stateless3/onnx_pretrained.py or sherpa-onnx.
+"""
+
+import argparse
+import copy
+import logging
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from icefall.checkpoint import CheckpointError, load_file, read_config, select_checkpoints  # noqa: E402
+from icefall.tokens import TokenFileError, check_tokens_fit_model, read_tokens  # noqa: E402
+from icefall.utils import str2bool  # noqa: E402
+from jit import TraceableEncoder, check_close, convert_scaled_to_plain, example_features  # noqa: E402
+from model import add_model_arguments, build_model, config_from_args, load_icefall_state_dict  # noqa: E402
+
+OPSET = 17
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--exp-dir", type=Path, default=Path("pruned_transducer_stateless3/exp"))
+    parser.add_argument("--output-dir", type=Path, default=None, help="default: --exp-dir")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="an exported pretrained.pt; if given, --epoch/--iter/--avg are not used")
+    parser.add_argument("--tokens", type=Path, default=Path("data/lang_bpe_500/tokens.txt"))
+    parser.add_argument("--epoch", type=int, default=30, help="the last epoch to use (epoch-N.pt)")
+    parser.add_argument("--iter", type=int, default=0, help="if > 0, use checkpoint-N.pt files instead of epochs")
+    parser.add_argument("--avg", type=int, default=9, help="number of checkpoints to average")
+    parser.add_argument(
+        "--use-averaged-model", type=str2bool, default=True,
+        help="use the running-average models of epoch-(N-avg).pt and epoch-N.pt",
+    )
+    parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset version")
+    parser.add_argument("--int8", type=str2bool, default=True, help="also write *.int8.onnx")
+    add_model_arguments(parser)
+    return parser
+
+
+class OnnxEncoder(nn.Module):
+    """Conformer + the joiner's encoder_proj: (x, x_lens) -> (encoder_out [N, T', J], lens)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.encoder = TraceableEncoder(model.encoder)
+        self.encoder_proj = model.joiner.encoder_proj
+
+    def forward(self, x: Tensor, x_lens: Tensor):
+        encoder_out, encoder_out_lens = self.encoder(x, x_lens)
+        return self.encoder_proj(encoder_out), encoder_out_lens
+
+
+class OnnxDecoder(nn.Module):
+    """Decoder + the joiner's decoder_proj: y [N, context_size] -> [N, J]."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.decoder = model.decoder
+        self.decoder_proj = model.joiner.decoder_proj
+
+    def forward(self, y: Tensor) -> Tensor:
+        return self.decoder_proj(self.decoder(y, need_pad=False).squeeze(1))
+
+
+class OnnxJoiner(nn.Module):
+    """(encoder_out [N, J], decoder_out [N, J]) -> logit [N, vocab], inputs already projected."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.output_linear = model.joiner.output_linear
+
+    def forward(self, encoder_out: Tensor, decoder_out: Tensor) -> Tensor:
+        return self.output_linear(torch.tanh(encoder_out + decoder_out))
+
+
+def add_metadata(path: Path, meta: Dict[str, str]) -> None:
+    """Store key/value strings in the model's metadata_props (in place)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.save(model, str(path))
+
+
+def _export(module: nn.Module, args, path: Path, input_names, output_names,
+            dynamic_axes, opset: int) -> None:
+    with warnings.catch_warnings():
+        # tracer warnings about asserts and Python ints that do not shape the graph
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
+                          input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic_axes)
+
+
+def export_onnx(model: nn.Module, out_dir: Path, opset: int = OPSET,
+                int8: bool = True) -> Dict[str, Path]:
+    """Write encoder/decoder/joiner .onnx (and .int8.onnx) of `model` into `out_dir`.
+
+    Each graph is checked with onnx.checker, and run with onnxruntime against
+    the PyTorch modules (rtol 1e-4) at lengths other than the traced one.
+    Returns {"encoder": path, ..., "encoder.int8": path, ...}.
+    """
+    import onnx
+
+    model = model.to("cpu").eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # eval() on the wrappers too: torch.onnx.export restores the top module's
+    # train/eval mode recursively, which would switch dropout on.
+    plain = convert_scaled_to_plain(copy.deepcopy(model))
+    encoder, decoder, joiner = (m(plain).eval() for m in (OnnxEncoder, OnnxDecoder, OnnxJoiner))
+    c = model.decoder.context_size
+    joiner_dim = model.joiner.output_linear.in_features
+    paths = {name: out_dir / f"{name}.onnx" for name in ("encoder", "decoder", "joiner")}
+
+    x, x_lens = example_features(model.encoder.num_features, [100, 73])
+    _export(encoder, (x, x_lens), paths["encoder"], ["x", "x_lens"],
+            ["encoder_out", "encoder_out_lens"],
+            {"x": {0: "N", 1: "T"}, "x_lens": {0: "N"}, "encoder_out": {0: "N", 1: "T"},
+             "encoder_out_lens": {0: "N"}}, opset)
+    y = torch.tensor([[-1] * (c - 1) + [model.decoder.blank_id], [1] * c], dtype=torch.int64)
+    _export(decoder, (y,), paths["decoder"], ["y"], ["decoder_out"],
+            {"y": {0: "N"}, "decoder_out": {0: "N"}}, opset)
+    e, d = torch.randn(11, joiner_dim), torch.randn(11, joiner_dim)
+    _export(joiner, (e, d), paths["joiner"], ["encoder_out", "decoder_out"], ["logit"],
+            {"encoder_out": {0: "N"}, "decoder_out": {0: "N"}, "logit": {0: "N"}}, opset)
+
+    add_metadata(paths["encoder"], {
+        "model_type": "conformer", "version": "1", "model_author": "icefall-pure-python",
+        "comment": "pruned_transducer_stateless3", "feature_dim": model.encoder.num_features,
+        "subsampling_factor": model.encoder.subsampling_factor,
+    })
+    add_metadata(paths["decoder"], {
+        "context_size": c, "vocab_size": model.decoder.vocab_size,
+        "blank_id": model.decoder.blank_id,
+    })
+    add_metadata(paths["joiner"], {"joiner_dim": joiner_dim})
+
+    for name, path in paths.items():
+        onnx.checker.check_model(onnx.load(str(path)))
+    check_onnx_against_torch(paths, model)
+
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        for name in ("encoder", "decoder", "joiner"):
+            q = out_dir / f"{name}.int8.onnx"
+            # Linear layers (MatMul) only, as icefall does. Unsigned weights:
+            # with int8 weights (U8S8), x86 CPUs without VNNI (e.g. AVX2 only)
+            # saturate intermediate sums; on this test model that made the
+            # joiner's logits 18% off instead of 0.5%.
+            quantize_dynamic(model_input=str(paths[name]), model_output=str(q),
+                             op_types_to_quantize=["MatMul"], weight_type=QuantType.QUInt8)
+            onnx.checker.check_model(onnx.load(str(q)))
+            paths[f"{name}.int8"] = q
+    return paths
+
+
+@torch.no_grad()
+def check_onnx_against_torch(paths: Dict[str, Path], model: nn.Module, rtol: float = 1e-4) -> None:
+    """Raise RuntimeError if onnxruntime's outputs differ from the PyTorch model's."""
+    import onnxruntime as ort
+
+    def run(name, feeds):
+        sess = ort.InferenceSession(str(paths[name]), providers=["CPUExecutionProvider"])
+        return [torch.from_numpy(a) for a in sess.run(None, {k: v.numpy() for k, v in feeds.items()})]
+
+    joiner = model.joiner
+    for lens in ([37], [250, 111, 7]):
+        x, x_lens = example_features(model.encoder.num_features, lens)
+        encoder_out, encoder_out_lens = model.encoder(x, x_lens)
+        check_close(tuple(run("encoder", {"x": x, "x_lens": x_lens})),
+                    (joiner.encoder_proj(encoder_out), encoder_out_lens),
+                    f"{paths['encoder']} at lengths {lens}", rtol)
+    c, v = model.decoder.context_size, model.decoder.vocab_size
+    y = torch.randint(-1, v, (7, c), generator=torch.Generator().manual_seed(0))
+    check_close(run("decoder", {"y": y})[0],
+                joiner.decoder_proj(model.decoder(y, need_pad=False)).squeeze(1),
+                str(paths["decoder"]), rtol)
+    j = joiner.output_linear.in_features
+    e, d = torch.randn(5, j), torch.randn(5, j)
+    check_close(run("joiner", {"encoder_out": e, "decoder_out": d})[0],
+                joiner(e, d, project_input=False), str(paths["joiner"]), rtol)
+
+
+def load_model(args, tokens):
+    """The model from --checkpoint, or from the checkpoints --epoch/--iter/--avg select."""
+    if args.checkpoint is not None:
+        ckpt = load_file(args.checkpoint)
+        config = ckpt.get("config") or config_from_args(args, vocab_size=len(tokens))
+        state_dict = ckpt["model"]
+    else:
+        selection = select_checkpoints(args.exp_dir, args.epoch, args.iter, args.avg,
+                                       args.use_averaged_model)
+        state_dict = selection.load_state_dict()
+        config = read_config(selection.files[-1]) or config_from_args(args, vocab_size=len(tokens))
+    check_tokens_fit_model(tokens, config["vocab_size"], args.tokens)
+    model = build_model(config)
+    load_icefall_state_dict(model, state_dict)
+    return model.eval()
+
+
+def main(argv: Optional[list] = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    args = get_parser().parse_args(argv)
+    try:
+        tokens = read_tokens(args.tokens)
+        model = load_model(args, tokens)
+    except (CheckpointError, TokenFileError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out_dir = args.output_dir or args.exp_dir
+    paths = export_onnx(model, out_dir, opset=args.opset, int8=args.int8)
+    tokens_out = out_dir / "tokens.txt"
+    if tokens_out.resolve() != args.tokens.resolve():
+        shutil.copyfile(args.tokens, tokens_out)
+    for path in list(paths.values()) + [tokens_out]:
+        logging.info(f"wrote {path}: {path.stat().st_size / 2**20:.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
