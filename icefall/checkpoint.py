@@ -129,7 +129,7 @@ def _plain(obj: Any) -> Any:
         return {k: _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(_plain(v) for v in obj)
-    if isinstance(obj, Path):
+    if isinstance(obj, (Path, str)) and type(obj) is not str:  # e.g. torch.__version__
         return str(obj)
     return obj
 

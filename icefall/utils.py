@@ -149,7 +149,7 @@ def get_env_info() -> Dict[str, Any]:
     info: Dict[str, Any] = {
         "icefall-version": __version__,
         "icefall-git-sha1": get_git_sha1(),
-        "torch-version": torch.__version__,
+        "torch-version": str(torch.__version__),
         "torch-cuda-available": torch.cuda.is_available(),
         "torch-cuda-version": torch.version.cuda,
         "python-version": platform.python_version(),

@@ -271,6 +271,11 @@ class Trainer:
                     info.write_summary(self.tb, "train/current_", p.batch_idx_train)
                     tot.write_summary(self.tb, "train/tot_", p.batch_idx_train)
                     self.tb.add_scalar("train/learning_rate", lr, p.batch_idx_train)
+        if p.cur_batch_idx == 0:
+            raise RuntimeError(
+                f"epoch {p.cur_epoch} had no training batches: too few cuts for --max-duration "
+                f"{p.max_duration} and --num-buckets {p.num_buckets} (with --drop-last {p.drop_last})"
+            )
         elapsed = time.time() - start
         throughput = all_reduce_sum(torch.tensor([audio_seconds], dtype=torch.float64)).item()
         logging.info(

@@ -1,0 +1,1 @@
+../../../librispeech/ASR/pruned_transducer_stateless3/jit.py

@@ -1,0 +1,86 @@
+"""A tiny copy of the synth recipe, prepared and trained once per test session.
+
+The whole ``egs/`` tree is copied (``cp -r`` semantics, symlinks kept), so the
+tests also check that a copied recipe runs without edits.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List
+
+REPO = Path(__file__).resolve().parent.parent
+VOCAB = 100
+NUM_EPOCHS = 8
+TINY_MODEL = [
+    "--num-encoder-layers", "2", "--encoder-dim", "64", "--nhead", "2",
+    "--dim-feedforward", "128", "--decoder-dim", "64", "--joiner-dim", "64",
+]
+
+
+@dataclass
+class TinyRecipe:
+    root: Path  # holds egs/
+    workdir: Path  # egs/synth/ASR
+    exp_dir: Path  # relative to workdir
+    lang_dir: Path  # relative to workdir
+
+    def run(self, args: List[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
+        """Run a recipe script (``pruned_transducer_stateless3/<name>.py ...``) in workdir."""
+        proc = subprocess.run(
+            [sys.executable, *map(str, args)], cwd=self.workdir, env=env(), capture_output=True,
+            text=True, **kw,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")
+        return proc
+
+    def train_args(self, exp_dir: str, *extra: str) -> List[str]:
+        return ["pruned_transducer_stateless3/train.py", "--exp-dir", exp_dir,
+                "--bpe-model", str(self.lang_dir / "bpe.model"), "--max-duration", "40",
+                "--num-buckets", "2", "--num-workers", "0", "--model-warm-step", "4",
+                "--lr-batches", "50", "--lr-epochs", "2", *TINY_MODEL, *extra]
+
+    def train(self, exp_dir: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run(self.train_args(exp_dir, *extra), check=check)
+
+    def test_wavs(self, n: int) -> List[Path]:
+        return sorted((self.workdir / "data/audio/synth/test").glob("*.flac"))[:n]
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    e["PYTHON"] = sys.executable
+    # Scripts run as ./script.py use "#!/usr/bin/env python3": the one running the tests.
+    e["PATH"] = str(Path(sys.executable).parent) + os.pathsep + e.get("PATH", "")
+    e.setdefault("OMP_WAIT_POLICY", "passive")
+    return e
+
+
+def ignore_outputs(folder: str, names: List[str]) -> List[str]:
+    """What a recipe run writes (data, downloads, experiment dirs), not the recipe."""
+    return [
+        n for n in names
+        if n in ("data", "download", "__pycache__") or (n.startswith("exp") and (Path(folder) / n).is_dir())
+    ]
+
+
+def make_tiny_recipe(root: Path) -> TinyRecipe:
+    shutil.copytree(REPO / "egs", root / "egs", symlinks=True, ignore=ignore_outputs)
+    workdir = root / "egs/synth/ASR"
+    subprocess.run(
+        ["bash", "prepare.sh", "--num-train", "60", "--num-dev", "8", "--num-test", "8",
+         "--vocab-size", str(VOCAB)],
+        cwd=workdir, env=env(), check=True, capture_output=True,
+    )
+    recipe = TinyRecipe(
+        root=root, workdir=workdir, exp_dir=Path("pruned_transducer_stateless3/exp"),
+        lang_dir=Path(f"data/lang_bpe_{VOCAB}"),
+    )
+    recipe.train(str(recipe.exp_dir), "--num-epochs", str(NUM_EPOCHS), "--average-period", "1",
+                 "--save-every-n", "4", "--keep-last-k", "3")
+    return recipe

@@ -1,0 +1,143 @@
+"""export.py, pretrained.py and decode.py on the tiny synth recipe."""
+
+import sys
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from icefall.audio import read_audio
+from icefall.checkpoint import select_checkpoints
+from icefall.tokens import read_tokens
+from recipe_fixture import NUM_EPOCHS
+
+RECIPE = "pruned_transducer_stateless3"
+
+
+def _export(r, out_dir_name="exp_export"):
+    """Export epoch 8, avg 3 (averaged model) into a copy of the exp dir."""
+    exp = r.workdir / r.exp_dir
+    proc = r.run([f"{RECIPE}/export.py", "--exp-dir", r.exp_dir, "--tokens", r.lang_dir / "tokens.txt",
+                  "--epoch", NUM_EPOCHS, "--avg", 3])
+    return exp / "pretrained.pt", proc
+
+
+def _recipe_module(r, name):
+    sys.path.insert(0, str(r.workdir / RECIPE))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
+def test_export_is_small_self_describing_and_weights_only(tiny_recipe):
+    path, proc = _export(tiny_recipe)
+    ckpt = torch.load(path, weights_only=True)
+    assert set(ckpt) == {"model", "config"}
+    assert ckpt["config"]["num_encoder_layers"] == 2
+    epoch_file = tiny_recipe.workdir / tiny_recipe.exp_dir / f"epoch-{NUM_EPOCHS}.pt"
+    # Adam-style state is two tensors per parameter, plus model_avg in float64.
+    assert path.stat().st_size < 0.4 * epoch_file.stat().st_size
+    assert "MB" in proc.stderr and "pretrained.pt" in proc.stderr
+
+
+def test_pretrained_decodes_exactly_like_the_averaged_checkpoints(tiny_recipe):
+    r = tiny_recipe
+    path, _ = _export(r)
+    wavs = r.test_wavs(4)
+    out = r.run([f"{RECIPE}/pretrained.py", "--checkpoint", path, "--tokens", r.lang_dir / "tokens.txt",
+                 "--method", "greedy_search", *wavs])
+    lines = out.stdout.split("\n")
+    printed = {lines[i][:-1]: lines[i + 1] for i in range(0, len(lines) - 1, 3) if lines[i].endswith(":")}
+    assert list(printed) == [str(w) for w in wavs]
+
+    # The same waves through a model loaded straight from the checkpoints.
+    model_mod = _recipe_module(r, "model")
+    pretrained = _recipe_module(r, "pretrained")
+    exp = r.workdir / r.exp_dir
+    config = torch.load(exp / f"epoch-{NUM_EPOCHS}.pt", weights_only=True)["config"]
+    model = model_mod.build_model(config)
+    model.load_state_dict(select_checkpoints(exp, NUM_EPOCHS, avg=3, use_averaged_model=True).load_state_dict())
+    model.eval()
+    tokens = read_tokens(r.workdir / r.lang_dir / "tokens.txt")
+    texts = pretrained.transcribe(model, tokens, [read_audio(w) for w in wavs], "greedy_search", 4, 1, "cpu")
+    assert [printed[str(w)] for w in wavs] == texts
+
+
+def test_pretrained_on_awkward_inputs(tiny_recipe, tmp_path):
+    r = tiny_recipe
+    path, _ = _export(r)
+    good = r.test_wavs(1)[0]
+    samples, rate = sf.read(good)
+    from scipy.signal import resample_poly
+
+    hi = resample_poly(samples, 441, 160)
+    stereo = tmp_path / "stereo-44k.wav"
+    sf.write(stereo, np.stack([hi, np.zeros_like(hi)], axis=1), 44100)
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(16000), 16000)
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    not_audio = tmp_path / "notes.wav"
+    not_audio.write_text("this is not audio\n")
+    out = r.run([f"{RECIPE}/pretrained.py", "--checkpoint", path, "--tokens", r.lang_dir / "tokens.txt",
+                 "--method", "modified_beam_search", good, stereo, silent, empty, not_audio], check=False)
+    assert out.returncode == 1
+    assert f"{good}:\n" in out.stdout and f"{stereo}:\n" in out.stdout and f"{silent}:\n" in out.stdout
+    errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 2
+    assert str(empty) in errors[0] and "empty" in errors[0]
+    assert str(not_audio) in errors[1] and "not a readable audio file" in errors[1]
+    assert "resampling from 44100 Hz to 16000 Hz" in out.stderr
+
+
+def test_tokens_that_do_not_fit_the_model(tiny_recipe, tmp_path):
+    r = tiny_recipe
+    path, _ = _export(r)
+    lines = (r.workdir / r.lang_dir / "tokens.txt").read_text().splitlines()
+    bad = tmp_path / "tokens.txt"
+    bad.write_text("\n".join(lines[:50]) + "\n")
+    out = r.run([f"{RECIPE}/pretrained.py", "--checkpoint", path, "--tokens", bad, r.test_wavs(1)[0]],
+                check=False)
+    assert out.returncode == 2
+    assert f"{bad}: has 50 tokens but the model's vocabulary size is 100" in out.stderr
+
+
+def test_pretrained_reports_a_corrupt_checkpoint(tiny_recipe, tmp_path):
+    r = tiny_recipe
+    bad = tmp_path / "pretrained.pt"
+    bad.write_bytes(b"\x00" * 100)
+    out = r.run([f"{RECIPE}/pretrained.py", "--checkpoint", bad, "--tokens", r.lang_dir / "tokens.txt",
+                 r.test_wavs(1)[0]], check=False)
+    assert out.returncode == 2 and f"{bad}: not a readable checkpoint" in out.stderr
+
+
+def _recogs(r, method, suffix):
+    res = r.workdir / r.exp_dir / method
+    return (res / f"recogs-test-{'greedy_search' if method == 'greedy_search' else 'beam_size_4'}-{suffix}.txt").read_text()
+
+
+def test_decode_through_the_symlink_reproduces_the_checkpoint_wer(tiny_recipe):
+    r = tiny_recipe
+    _export(r)
+    exp = r.workdir / r.exp_dir
+    common = ["--exp-dir", r.exp_dir, "--lang-dir", r.lang_dir, "--max-duration", "100",
+              "--num-workers", "0", "--decoding-method", "greedy_search"]
+    direct = r.run([f"{RECIPE}/decode.py", "--epoch", NUM_EPOCHS, "--avg", 3, "--use-averaged-model", "True", *common])
+    link = exp / "epoch-9999.pt"
+    link.unlink(missing_ok=True)
+    link.symlink_to("pretrained.pt")
+    exported = r.run([f"{RECIPE}/decode.py", "--epoch", 9999, "--avg", 1, "--use-averaged-model", "False", *common])
+    assert _recogs(r, "greedy_search", f"epoch-{NUM_EPOCHS}-avg-3-use-averaged-model") == _recogs(
+        r, "greedy_search", "epoch-9999-avg-1")
+    assert direct.stdout.split("\t")[-1] == exported.stdout.split("\t")[-1]  # the WER
+    res = exp / "greedy_search"
+    for prefix in ("recogs", "errs", "wer-summary"):
+        assert (res / f"{prefix}-test-greedy_search-epoch-9999-avg-1.txt").is_file()
+    assert "real-time factor" in exported.stderr
+
+    # Forgetting --use-averaged-model False: a clear error naming the file and the flag.
+    bad = r.run([f"{RECIPE}/decode.py", "--epoch", 9999, "--avg", 1, *common], check=False)
+    assert bad.returncode != 0
+    last = bad.stderr.strip().splitlines()[-1]
+    assert "epoch-9998.pt" in last and "--use-averaged-model False" in last
