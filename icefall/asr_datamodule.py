@@ -28,6 +28,8 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch.utils.data import DataLoader
 
+from icefall.utils import str2bool
+
 CORPORA = {
     "synth": {
         "train": ["train"],
@@ -42,16 +44,6 @@ CORPORA = {
         "test": ["test-clean", "test-other"],
     },
 }
-
-
-def str2bool(v: str) -> bool:
-    if isinstance(v, bool):
-        return v
-    if v.lower() in ("true", "t", "yes", "y", "1"):
-        return True
-    if v.lower() in ("false", "f", "no", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {v!r}")
 
 
 class _SeedWorkers:

@@ -68,3 +68,20 @@ def read_audio(path: PathLike, sample_rate: int = 16000) -> np.ndarray:
         logging.info(f"{path}: resampling from {rate} Hz to {sample_rate} Hz")
         samples = resample(samples, rate, sample_rate)
     return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def read_audio_files(paths, sample_rate: int = 16000) -> "tuple[list, list, int]":
+    """Read several files for a decoding script: ``(waves, readable paths,
+    number of failures)``. Each file that cannot be used gets its one-line
+    error on stderr and is skipped, so one bad file does not stop the others."""
+    import sys
+
+    waves, names, failed = [], [], 0
+    for path in paths:
+        try:
+            waves.append(read_audio(path, sample_rate))
+            names.append(path)
+        except AudioFileError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+    return waves, names, failed

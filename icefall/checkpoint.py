@@ -432,3 +432,21 @@ def select_checkpoints(
         return CheckpointSelection("averaged_model", files, flags)
     files = [exp_dir / f"epoch-{i}.pt" for i in range(max(1, epoch - avg + 1), epoch + 1)]
     return CheckpointSelection("single" if len(files) == 1 else "average", files, flags)
+
+
+def add_checkpoint_arguments(parser) -> None:
+    """icefall's checkpoint-selection flags, shared by decode.py, export.py, export-onnx.py."""
+    from icefall.utils import str2bool
+
+    parser.add_argument("--epoch", type=int, default=30, help="the last epoch to use (epoch-N.pt)")
+    parser.add_argument("--iter", type=int, default=0, help="if > 0, use checkpoint-N.pt files instead of epochs")
+    parser.add_argument("--avg", type=int, default=9, help="number of checkpoints to average")
+    parser.add_argument(
+        "--use-averaged-model", type=str2bool, default=True,
+        help="average with the running-average models of epoch-(N-avg).pt and epoch-N.pt "
+        "(or of the batch checkpoints); must be False for an exported pretrained.pt",
+    )
+
+
+def select_checkpoints_from_args(args) -> CheckpointSelection:
+    return select_checkpoints(args.exp_dir, args.epoch, args.iter, args.avg, args.use_averaged_model)

@@ -1,6 +1,5 @@
 """egs/synth/ASR/prepare.sh end to end on a tiny corpus, run in a temporary directory."""
 
-import gzip
 import os
 import subprocess
 import sys

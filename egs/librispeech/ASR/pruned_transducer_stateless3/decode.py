@@ -31,23 +31,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from icefall.asr_datamodule import AsrDataModule  # noqa: E402
 from icefall.beam_search import decode_batch, DECODING_METHODS  # noqa: E402
-from icefall.checkpoint import read_config, select_checkpoints  # noqa: E402
-from icefall.tokens import SymbolTable, check_tokens_fit_model, load_bpe_model, read_tokens, bpe_symbol_table  # noqa: E402
-from icefall.utils import setup_logger, str2bool  # noqa: E402
+from icefall.checkpoint import add_checkpoint_arguments  # noqa: E402
+from icefall.tokens import SymbolTable, bpe_symbol_table, load_bpe_model, read_tokens  # noqa: E402
+from icefall.utils import setup_logger  # noqa: E402
 from icefall.wer import store_transcripts, write_error_stats, write_wer_summary  # noqa: E402
-from model import add_model_arguments, build_model, config_from_args  # noqa: E402
+from model import add_model_arguments, load_model  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epoch", type=int, default=30, help="the last epoch to use (epoch-N.pt)")
-    parser.add_argument("--iter", type=int, default=0, help="if > 0, use checkpoint-N.pt files instead of epochs")
-    parser.add_argument("--avg", type=int, default=9, help="number of checkpoints to average")
-    parser.add_argument(
-        "--use-averaged-model", type=str2bool, default=True,
-        help="average with the running-average models of epoch-(N-avg).pt and epoch-N.pt; "
-        "must be False for an exported pretrained.pt",
-    )
+    add_checkpoint_arguments(parser)
     parser.add_argument("--exp-dir", type=Path, default=Path("pruned_transducer_stateless3/exp"))
     parser.add_argument("--bpe-model", type=Path, default=None, help="sentencepiece model (or give --tokens)")
     parser.add_argument("--tokens", type=Path, default=None, help="tokens.txt (default: <lang-dir>/tokens.txt)")
@@ -120,14 +113,8 @@ def main() -> None:
     logging.info(f"Decoding with {args.decoding_method} on {device}; {vars(args)}")
 
     tokens, tokens_path = load_token_table(args)
-    selection = select_checkpoints(args.exp_dir, args.epoch, args.iter, args.avg, args.use_averaged_model)
-    logging.info(f"averaging {[str(f) for f in selection.files]} ({selection.mode})")
-    state_dict = selection.load_state_dict()
-    config = read_config(selection.files[-1]) or config_from_args(args, vocab_size=len(tokens))
-    check_tokens_fit_model(tokens, config["vocab_size"], tokens_path)
-    model = build_model(config)
-    model.load_state_dict(state_dict, strict=True)
-    model.to(device).eval()
+    model = load_model(args, tokens, tokens_path)
+    model.to(device)
     logging.info(f"Number of model parameters: {sum(p.numel() for p in model.parameters())}")
 
     data = AsrDataModule(args)

@@ -43,11 +43,11 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from icefall.checkpoint import CheckpointError, load_file, read_config, select_checkpoints  # noqa: E402
-from icefall.tokens import TokenFileError, check_tokens_fit_model, read_tokens  # noqa: E402
+from icefall.checkpoint import CheckpointError, add_checkpoint_arguments  # noqa: E402
+from icefall.tokens import TokenFileError, read_tokens  # noqa: E402
 from icefall.utils import str2bool  # noqa: E402
 from jit import TraceableEncoder, check_close, convert_scaled_to_plain, example_features  # noqa: E402
-from model import add_model_arguments, build_model, config_from_args, load_icefall_state_dict  # noqa: E402
+from model import add_model_arguments, load_model  # noqa: E402
 
 OPSET = 17
 
@@ -59,13 +59,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="an exported pretrained.pt; if given, --epoch/--iter/--avg are not used")
     parser.add_argument("--tokens", type=Path, default=Path("data/lang_bpe_500/tokens.txt"))
-    parser.add_argument("--epoch", type=int, default=30, help="the last epoch to use (epoch-N.pt)")
-    parser.add_argument("--iter", type=int, default=0, help="if > 0, use checkpoint-N.pt files instead of epochs")
-    parser.add_argument("--avg", type=int, default=9, help="number of checkpoints to average")
-    parser.add_argument(
-        "--use-averaged-model", type=str2bool, default=True,
-        help="use the running-average models of epoch-(N-avg).pt and epoch-N.pt",
-    )
+    add_checkpoint_arguments(parser)
     parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset version")
     parser.add_argument("--int8", type=str2bool, default=True, help="also write *.int8.onnx")
     add_model_arguments(parser)
@@ -219,29 +213,12 @@ def check_onnx_against_torch(paths: Dict[str, Path], model: nn.Module, rtol: flo
                 joiner(e, d, project_input=False), str(paths["joiner"]), rtol)
 
 
-def load_model(args, tokens):
-    """The model from --checkpoint, or from the checkpoints --epoch/--iter/--avg select."""
-    if args.checkpoint is not None:
-        ckpt = load_file(args.checkpoint)
-        config = ckpt.get("config") or config_from_args(args, vocab_size=len(tokens))
-        state_dict = ckpt["model"]
-    else:
-        selection = select_checkpoints(args.exp_dir, args.epoch, args.iter, args.avg,
-                                       args.use_averaged_model)
-        state_dict = selection.load_state_dict()
-        config = read_config(selection.files[-1]) or config_from_args(args, vocab_size=len(tokens))
-    check_tokens_fit_model(tokens, config["vocab_size"], args.tokens)
-    model = build_model(config)
-    load_icefall_state_dict(model, state_dict)
-    return model.eval()
-
-
 def main(argv: Optional[list] = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     args = get_parser().parse_args(argv)
     try:
         tokens = read_tokens(args.tokens)
-        model = load_model(args, tokens)
+        model = load_model(args, tokens, args.tokens)
     except (CheckpointError, TokenFileError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -36,6 +36,21 @@ OPTIONAL_DEFAULTS = {"dropout": 0.1, "layer_dropout": 0.075, "cnn_module_kernel"
 EXTRA_PREFIXES = ("decoder_giga.", "joiner_giga.", "simple_am_proj_giga.",
                   "simple_lm_proj_giga.")
 
+# Model-size flags and the config key each sets (vocab_size and blank_id come
+# from the tokens, not from a flag).
+SIZE_FLAGS = {
+    "feature_dim": 80,
+    "subsampling_factor": 4,
+    "encoder_dim": 512,
+    "nhead": 8,
+    "dim_feedforward": 2048,
+    "num_encoder_layers": 12,
+    "cnn_module_kernel": 31,
+    "decoder_dim": 512,
+    "joiner_dim": 512,
+    "context_size": 2,
+}
+
 
 class Transducer(nn.Module):
     """Encoder + stateless decoder + joiner, trained with the pruned RNN-T loss.
@@ -126,20 +141,7 @@ def pad_token_ids(y: List[List[int]], pad_id: int,
 
 def default_config() -> Dict:
     """icefall's LibriSpeech pruned_transducer_stateless3 sizes (BPE 500)."""
-    return {
-        "feature_dim": 80,
-        "subsampling_factor": 4,
-        "encoder_dim": 512,
-        "nhead": 8,
-        "dim_feedforward": 2048,
-        "num_encoder_layers": 12,
-        "vocab_size": 500,
-        "blank_id": 0,
-        "context_size": 2,
-        "decoder_dim": 512,
-        "joiner_dim": 512,
-        **OPTIONAL_DEFAULTS,
-    }
+    return {**SIZE_FLAGS, "vocab_size": 500, "blank_id": 0, **OPTIONAL_DEFAULTS}
 
 
 def build_model(config: Dict) -> Transducer:
@@ -165,9 +167,11 @@ def build_model(config: Dict) -> Transducer:
                       blank_id=c["blank_id"], context_size=c["context_size"])
     joiner = Joiner(encoder_dim=c["encoder_dim"], decoder_dim=c["decoder_dim"],
                     joiner_dim=c["joiner_dim"], vocab_size=c["vocab_size"])
-    return Transducer(encoder, decoder, joiner, encoder_dim=c["encoder_dim"],
-                      decoder_dim=c["decoder_dim"], joiner_dim=c["joiner_dim"],
-                      vocab_size=c["vocab_size"])
+    model = Transducer(encoder, decoder, joiner, encoder_dim=c["encoder_dim"],
+                       decoder_dim=c["decoder_dim"], joiner_dim=c["joiner_dim"],
+                       vocab_size=c["vocab_size"])
+    model.config = dict(config)  # a plain attribute: saved beside, not inside, the state_dict
+    return model
 
 
 def load_icefall_state_dict(model: nn.Module, state_dict: Dict[str, Tensor]) -> None:
@@ -189,24 +193,6 @@ def load_icefall_state_dict(model: nn.Module, state_dict: Dict[str, Tensor]) -> 
     model.load_state_dict(state_dict, strict=True)
 
 
-# ------------------------------------------------------------------ flags
-
-# Model-size flags and the config key each sets (vocab_size and blank_id come
-# from the tokens, not from a flag).
-_SIZE_FLAGS = {
-    "feature_dim": 80,
-    "subsampling_factor": 4,
-    "encoder_dim": 512,
-    "nhead": 8,
-    "dim_feedforward": 2048,
-    "num_encoder_layers": 12,
-    "cnn_module_kernel": 31,
-    "decoder_dim": 512,
-    "joiner_dim": 512,
-    "context_size": 2,
-}
-
-
 def add_model_arguments(parser) -> None:
     """Model-size flags shared by train.py, decode.py, export.py and pretrained.py.
 
@@ -215,13 +201,40 @@ def add_model_arguments(parser) -> None:
     training and for icefall's own files, which carry none.
     """
     group = parser.add_argument_group("model sizes (ignored when the checkpoint carries a config)")
-    for key, default in _SIZE_FLAGS.items():
+    for key, default in SIZE_FLAGS.items():
         help_text = {"encoder_dim": "Conformer d_model", "context_size": "decoder context: 1 bigram, 2 trigram"}
         group.add_argument(f"--{key.replace('_', '-')}", type=int, default=default, help=help_text.get(key))
 
 
 def config_from_args(args, vocab_size: int, blank_id: int = 0) -> Dict:
     """The model config the size flags describe."""
-    config = {key: getattr(args, key) for key in _SIZE_FLAGS}
+    config = {key: getattr(args, key) for key in SIZE_FLAGS}
     config.update(vocab_size=vocab_size, blank_id=blank_id)
     return config
+
+
+def load_model(args, tokens, tokens_path) -> Transducer:
+    """The model that ``--checkpoint`` (an exported file) or
+    ``--exp-dir --epoch/--iter/--avg/--use-averaged-model`` select, in eval mode.
+
+    The sizes come from the config stored in the files, or from the size
+    flags for icefall's own files, which carry none. The tokens must fit
+    the model. As in icefall, an emitted ``<unk>`` is dropped like a blank.
+    """
+    from icefall.checkpoint import load_file, read_config, select_checkpoints_from_args
+    from icefall.tokens import check_tokens_fit_model
+
+    if getattr(args, "checkpoint", None) is not None:
+        ckpt = load_file(args.checkpoint)  # weights_only=True
+        state_dict, config = ckpt["model"], ckpt.get("config")
+    else:
+        selection = select_checkpoints_from_args(args)
+        logging.info(f"loading {[str(f) for f in selection.files]} ({selection.mode})")
+        state_dict, config = selection.load_state_dict(), read_config(selection.files[-1])
+    config = config or config_from_args(args, vocab_size=len(tokens))
+    check_tokens_fit_model(tokens, config["vocab_size"], tokens_path)
+    model = build_model(config)
+    load_icefall_state_dict(model, state_dict)
+    if "<unk>" in tokens:
+        model.unk_id = tokens["<unk>"]
+    return model.eval()

@@ -28,7 +28,7 @@ from typing import List, Optional
 # The repository root, for `icefall` when it is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
 
-from icefall.audio import AudioFileError, read_audio  # noqa: E402
+from icefall.audio import read_audio_files  # noqa: E402
 from icefall.onnx_decode import DECODERS, OnnxTransducer, decode_waveforms  # noqa: E402
 from icefall.tokens import TokenFileError, check_tokens_fit_model, read_tokens  # noqa: E402
 
@@ -61,14 +61,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     logging.info(f"decoding {len(args.sound_files)} file(s) with {args.method}")
 
-    waves, names, failed = [], [], 0
-    for path in args.sound_files:
-        try:
-            waves.append(read_audio(path))
-            names.append(path)
-        except AudioFileError as e:
-            print(f"error: {e}", file=sys.stderr)
-            failed += 1
+    waves, names, failed = read_audio_files(args.sound_files)
     if waves:
         hyps = decode_waveforms(model, waves, args.method, beam=args.beam_size)
         for name, hyp in zip(names, hyps):

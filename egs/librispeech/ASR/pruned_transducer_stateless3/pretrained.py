@@ -31,12 +31,12 @@ from torch.nn.utils.rnn import pad_sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from icefall.audio import AudioFileError, read_audio  # noqa: E402
+from icefall.audio import read_audio_files  # noqa: E402
 from icefall.beam_search import DECODING_METHODS, decode_batch  # noqa: E402
-from icefall.checkpoint import CheckpointError, load_file  # noqa: E402
+from icefall.checkpoint import CheckpointError  # noqa: E402
 from icefall.features import compute_fbank  # noqa: E402
-from icefall.tokens import TokenFileError, check_tokens_fit_model, read_tokens  # noqa: E402
-from model import add_model_arguments, build_model, config_from_args, load_icefall_state_dict  # noqa: E402
+from icefall.tokens import TokenFileError, read_tokens  # noqa: E402
+from model import add_model_arguments, load_model  # noqa: E402
 
 LOG_EPS = math.log(1e-10)  # feature padding value, as icefall pads
 
@@ -52,16 +52,6 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("sound_files", type=Path, nargs="+", help="audio files (wav, flac, ...), any sample rate")
     add_model_arguments(parser)
     return parser
-
-
-def load_model(args, tokens, device: torch.device):
-    """Rebuild the model from the config in the file, or from the flags."""
-    ckpt = load_file(args.checkpoint)  # weights_only=True
-    config = ckpt.get("config") or config_from_args(args, vocab_size=len(tokens))
-    check_tokens_fit_model(tokens, config["vocab_size"], args.tokens)
-    model = build_model(config)
-    load_icefall_state_dict(model, ckpt["model"])
-    return model.to(device).eval()
 
 
 def transcribe(model, tokens, waves: List, method: str, beam: int, max_sym: int, device) -> List[str]:
@@ -81,7 +71,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         tokens = read_tokens(args.tokens)
-        model = load_model(args, tokens, device)
+        model = load_model(args, tokens, args.tokens).to(device)
     except (CheckpointError, TokenFileError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -90,14 +80,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     logging.info(f"decoding {len(args.sound_files)} file(s) with {args.method} on {device}")
 
-    waves, names, failed = [], [], 0
-    for path in args.sound_files:
-        try:
-            waves.append(read_audio(path))
-            names.append(path)
-        except AudioFileError as e:
-            print(f"error: {e}", file=sys.stderr)
-            failed += 1
+    waves, names, failed = read_audio_files(args.sound_files)
     if waves:
         texts = transcribe(model, tokens, waves, args.method, args.beam_size, args.max_sym_per_frame, device)
         for name, text in zip(names, texts):
