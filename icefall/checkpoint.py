@@ -21,9 +21,10 @@ import re
 import shutil
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Union
 
 import torch
 from torch import nn
@@ -42,14 +43,16 @@ class CheckpointError(RuntimeError):
 # ----------------------------------------------------------------------- I/O
 
 
-def atomic_save(obj: Any, filename: PathLike) -> None:
-    """``torch.save`` through a temporary file in the same folder, fsync and rename."""
+@contextmanager
+def _atomic_write(filename: PathLike) -> Iterator[BinaryIO]:
+    """Write through a temporary file in the same folder, fsync and rename, so
+    that ``filename`` is always either the old or the new file, whole."""
     filename = Path(filename)
     filename.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=filename.parent, prefix=f".{filename.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, filename)
@@ -64,19 +67,16 @@ def atomic_save(obj: Any, filename: PathLike) -> None:
         os.close(dir_fd)
 
 
+def atomic_save(obj: Any, filename: PathLike) -> None:
+    """``torch.save`` that a crash cannot leave half-written."""
+    with _atomic_write(filename) as f:
+        torch.save(obj, f)
+
+
 def atomic_copy(src: PathLike, dst: PathLike) -> None:
     """Copy a checkpoint so that ``dst`` is either the old or the new file."""
-    dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _atomic_write(dst) as out, open(src, "rb") as inp:
+        shutil.copyfileobj(inp, out)
 
 
 def load_file(filename: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
