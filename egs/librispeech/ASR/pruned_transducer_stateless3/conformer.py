@@ -17,6 +17,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from icefall.utils import make_pad_mask
 from scaling import (
     ActivationBalancer,
     BasicNorm,
@@ -25,13 +26,6 @@ from scaling import (
     ScaledConv2d,
     ScaledLinear,
 )
-
-
-def make_pad_mask(lengths: Tensor, max_len: int = 0) -> Tensor:
-    """Return a bool mask [B, max(max_len, lengths.max())], True at padding."""
-    max_len = max(max_len, int(lengths.max()))
-    frames = torch.arange(max_len, device=lengths.device)
-    return frames.unsqueeze(0) >= lengths.unsqueeze(1)
 
 
 class Conformer(nn.Module):
