@@ -153,6 +153,12 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
+def _training_state(optimizer, scheduler, scaler, sampler) -> List[tuple]:
+    """The (checkpoint key, object) pairs of the training state that is given."""
+    pairs = (("optimizer", optimizer), ("scheduler", scheduler), ("grad_scaler", scaler), ("sampler", sampler))
+    return [(key, obj) for key, obj in pairs if obj is not None]
+
+
 def save_checkpoint(
     filename: PathLike,
     model: nn.Module,
@@ -182,14 +188,8 @@ def save_checkpoint(
     checkpoint: Dict[str, Any] = {"model": _unwrap(model).state_dict()}
     if model_avg is not None:
         checkpoint["model_avg"] = model_avg.to(torch.float64).state_dict()
-    for key, obj in (
-        ("optimizer", optimizer),
-        ("scheduler", scheduler),
-        ("grad_scaler", scaler),
-        ("sampler", sampler),
-    ):
-        if obj is not None:
-            checkpoint[key] = obj.state_dict()
+    for key, obj in _training_state(optimizer, scheduler, scaler, sampler):
+        checkpoint[key] = obj.state_dict()
     if config is not None:
         checkpoint["config"] = dict(config)
     if params:
@@ -220,16 +220,10 @@ def load_checkpoint(
         if "model_avg" not in checkpoint:
             raise CheckpointError(f"{filename}: has no 'model_avg' to restore")
         model_avg.load_state_dict(checkpoint["model_avg"], strict=strict)
-    for key, obj in (
-        ("optimizer", optimizer),
-        ("scheduler", scheduler),
-        ("grad_scaler", scaler),
-        ("sampler", sampler),
-    ):
-        if obj is not None:
-            if key not in checkpoint:
-                raise CheckpointError(f"{filename}: has no '{key}' to restore")
-            obj.load_state_dict(checkpoint[key])
+    for key, obj in _training_state(optimizer, scheduler, scaler, sampler):
+        if key not in checkpoint:
+            raise CheckpointError(f"{filename}: has no '{key}' to restore")
+        obj.load_state_dict(checkpoint[key])
     return checkpoint
 
 

@@ -78,7 +78,6 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--simple-loss-scale", type=float, default=0.5)
     parser.add_argument("--model-warm-step", type=int, default=3000, help="batches of model warm-up")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--print-diagnostics", type=str2bool, default=False, help="(accepted, unused)")
     parser.add_argument("--save-every-n", type=int, default=8000, help="save checkpoint-<batch>.pt every N batches")
     parser.add_argument("--keep-last-k", type=int, default=20, help="batch checkpoints to keep (0: all)")
     parser.add_argument("--average-period", type=int, default=100, help="update model_avg every N batches")
@@ -205,10 +204,10 @@ def fix_random_seed(seed: int) -> None:
 class Trainer:
     """The state of one training process and the epoch loop."""
 
-    def __init__(self, params, model, model_avg, optimizer, scheduler, scaler, sp, rank, world_size, tb_writer):
+    def __init__(self, params, model, model_avg, optimizer, scheduler, scaler, sp, rank, tb_writer):
         self.params, self.model, self.model_avg = params, model, model_avg
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
-        self.sp, self.rank, self.world_size, self.tb = sp, rank, world_size, tb_writer
+        self.sp, self.rank, self.tb = sp, rank, tb_writer
         self.device = next(model.parameters()).device
         self.bad_in_a_row = 0
 
@@ -395,7 +394,7 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         tb = SummaryWriter(log_dir=str(params.exp_dir / "tensorboard"))
-    trainer = Trainer(params, model, model_avg, optimizer, scheduler, scaler, sp, rank, world_size, tb)
+    trainer = Trainer(params, model, model_avg, optimizer, scheduler, scaler, sp, rank, tb)
 
     first_epoch = params.cur_epoch
     for epoch in range(first_epoch, params.num_epochs + 1):
