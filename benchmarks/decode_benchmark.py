@@ -178,12 +178,14 @@ def _onnx_files(args, suffix: str) -> List[Path]:
 
 
 def onnx_system(args, suffix: str) -> Transcriber:
-    from icefall.onnx_decode import OnnxTransducer, decode_waveforms
+    from icefall.onnx_decode import OnnxTransducer, decode_waveforms, skip_ids_for
     from icefall.tokens import read_tokens
 
     model = OnnxTransducer(*_onnx_files(args, suffix), num_threads=args.threads)
     tokens = read_tokens(args.tokens)
-    return lambda waves: [tokens.decode(h) for h in decode_waveforms(model, waves, "greedy_search")]
+    skip = skip_ids_for(model, tokens)
+    return lambda waves: [tokens.decode(h) for h in
+                          decode_waveforms(model, waves, "greedy_search", skip_ids=skip)]
 
 
 def sherpa_system(args) -> Transcriber:

@@ -212,13 +212,24 @@ def modified_beam_search(model: OnnxTransducer, encoder_out: np.ndarray,
 DECODERS = {"greedy_search": greedy_search, "modified_beam_search": modified_beam_search}
 
 
+def skip_ids_for(model: OnnxTransducer, tokens=None) -> Tuple[int, ...]:
+    """Blank, plus ``<unk>`` when ``tokens`` (a SymbolTable) has one: like
+    icefall and sherpa-onnx, the unknown token is never emitted."""
+    if tokens is not None and "<unk>" in tokens:
+        return (model.blank_id, tokens["<unk>"])
+    return (model.blank_id,)
+
+
 def decode_waveforms(model: OnnxTransducer, waveforms: Sequence[np.ndarray],
-                     method: str = "greedy_search", beam: int = 4) -> List[List[int]]:
-    """Features, encoder and search for a batch of 16 kHz waveforms; N lists of ids."""
+                     method: str = "greedy_search", beam: int = 4,
+                     skip_ids: Optional[Sequence[int]] = None) -> List[List[int]]:
+    """Features, encoder and search for a batch of 16 kHz waveforms; N lists of
+    ids.  ``skip_ids``: see :func:`greedy_search` (e.g. from :func:`skip_ids_for`)."""
     if method not in DECODERS:
         raise ValueError(f"unknown decoding method {method!r}; expected one of {list(DECODERS)}")
     x, x_lens = pad_features(compute_fbank_knf(waveforms))
     encoder_out, encoder_out_lens = model.run_encoder(x, x_lens)
     if method == "greedy_search":
-        return greedy_search(model, encoder_out, encoder_out_lens)
-    return modified_beam_search(model, encoder_out, encoder_out_lens, beam=beam)
+        return greedy_search(model, encoder_out, encoder_out_lens, skip_ids=skip_ids)
+    return modified_beam_search(model, encoder_out, encoder_out_lens, beam=beam,
+                                skip_ids=skip_ids)

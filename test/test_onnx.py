@@ -30,7 +30,8 @@ from icefall.beam_search import decode_batch  # noqa: E402
 from icefall.checkpoint import atomic_save  # noqa: E402
 from icefall.features import compute_fbank  # noqa: E402
 from icefall.onnx_decode import (OnnxTransducer, compute_fbank_knf, decode_waveforms,  # noqa: E402
-                                 greedy_search, modified_beam_search)
+                                 greedy_search, modified_beam_search, skip_ids_for)
+from icefall.tokens import SymbolTable  # noqa: E402
 from jit import example_features  # noqa: E402
 from model import build_model, default_config  # noqa: E402
 
@@ -174,6 +175,28 @@ def test_numpy_search_matches_pytorch_on_the_same_features(setup):
         want = decode_batch(model, *model.encoder(setup["x"], setup["x_lens"]),
                             "modified_beam_search")
     assert modified_beam_search(om, enc, enc_lens, beam=4) == want
+
+
+def test_numpy_search_skips_unk_like_pytorch(setup):
+    """With an <unk> id, neither search emits it, in numpy as in icefall.beam_search."""
+    model, om = setup["model"], _onnx_model(setup["out"])
+    counts = np.bincount([y for h in setup["greedy"] for y in h])
+    unk = int(counts.argmax())  # the token greedy search emits most: skipping it matters
+    enc, enc_lens = om.run_encoder(setup["x"].numpy(), setup["x_lens"].numpy())
+    skip = skip_ids_for(om, SymbolTable.from_pairs([("<blk>", 0), ("<unk>", unk)]))
+    assert skip == (0, unk)
+    model.unk_id = unk
+    try:
+        with torch.no_grad():
+            encoded = model.encoder(setup["x"], setup["x_lens"])
+            want_greedy = decode_batch(model, *encoded, "greedy_search")
+            want_beam = decode_batch(model, *encoded, "modified_beam_search")
+    finally:
+        del model.unk_id
+    assert want_greedy != setup["greedy"]
+    assert all(unk not in h for h in want_greedy + want_beam)
+    assert greedy_search(om, enc, enc_lens, skip_ids=skip) == want_greedy
+    assert modified_beam_search(om, enc, enc_lens, beam=4, skip_ids=skip) == want_beam
 
 
 def test_emissions_are_not_degenerate(setup):

@@ -29,7 +29,7 @@ from typing import List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
 
 from icefall.audio import read_audio_files  # noqa: E402
-from icefall.onnx_decode import DECODERS, OnnxTransducer, decode_waveforms  # noqa: E402
+from icefall.onnx_decode import DECODERS, OnnxTransducer, decode_waveforms, skip_ids_for  # noqa: E402
 from icefall.tokens import TokenFileError, check_tokens_fit_model, read_tokens  # noqa: E402
 
 
@@ -63,7 +63,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     waves, names, failed = read_audio_files(args.sound_files)
     if waves:
-        hyps = decode_waveforms(model, waves, args.method, beam=args.beam_size)
+        hyps = decode_waveforms(model, waves, args.method, beam=args.beam_size,
+                                skip_ids=skip_ids_for(model, tokens))
         for name, hyp in zip(names, hyps):
             print(f"{name}:\n{tokens.decode(hyp)}\n", flush=True)
     return 1 if failed else 0
