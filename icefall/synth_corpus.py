@@ -225,16 +225,22 @@ def _render_block(jobs: List[Tuple[Utterance, str]]) -> List[int]:
 
 
 def synthesize_corpus(
-    config: SynthConfig, audio_dir: PathLike, num_jobs: int = 1, progress: bool = True
+    config: SynthConfig, audio_dir: PathLike, num_jobs: int = 1, progress: bool = True,
+    splits: Tuple[str, ...] = SPLITS,
 ) -> Dict[str, List[Utterance]]:
     """Plan and synthesise the corpus into ``audio_dir`` (see the module doc).
 
     ``{split}.jsonl`` is written last, after all its audio: it marks a
-    finished split.
+    finished split.  ``splits`` limits the audio written to some splits
+    (e.g. only the test set of a corpus a model was trained on): the plan,
+    hence their audio, is that of the whole config.
     """
     from tqdm import tqdm
 
     check_config(config)
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"unknown split(s) {unknown}; expected some of {list(SPLITS)}")
     audio_dir = Path(audio_dir)
     plan, vocab = plan_corpus(config, progress=progress)
     audio_dir.mkdir(parents=True, exist_ok=True)
@@ -247,6 +253,8 @@ def synthesize_corpus(
         pool = multiprocessing.get_context("spawn").Pool(num_jobs)
     try:
         for split, utts in plan.items():
+            if split not in splits:
+                continue
             (audio_dir / split).mkdir(exist_ok=True)
             jobs = [(u, str(audio_dir / split / f"{u.id}.flac")) for u in utts]
             blocks = [jobs[i:i + BLOCK] for i in range(0, len(jobs), BLOCK)]

@@ -134,3 +134,22 @@ def test_same_seed_same_corpus(corpus, tmp_path):
             x, _ = sf.read(d / "data" / "audio" / "synth" / split / f"{s.id}.flac")
             y, _ = sf.read(tmp_path / "data" / "audio" / "synth" / split / f"{s.id}.flac")
             assert np.array_equal(x, y), s.id
+
+
+def test_test_split_alone_is_the_corpus_test_split(corpus, tmp_path):
+    """synthesize_corpus(splits=("test",)) recreates a model's held-out set
+    without the training audio (test_trained_model.py relies on it)."""
+    from icefall.synth_corpus import SynthConfig, read_plan, synthesize_corpus
+
+    d, *_ = corpus
+    config = SynthConfig(num_train=40, num_dev=6, num_test=6)
+    synthesize_corpus(config, tmp_path, num_jobs=1, progress=False, splits=("test",))
+    assert not (tmp_path / "train").exists() and not (tmp_path / "dev").exists()
+    full = d / "data" / "audio" / "synth"
+    assert read_plan(tmp_path, "test") == read_plan(full, "test")
+    for u in read_plan(full, "test"):
+        x, _ = sf.read(full / "test" / f"{u.id}.flac")
+        y, _ = sf.read(tmp_path / "test" / f"{u.id}.flac")
+        assert np.array_equal(x, y), u.id
+    with pytest.raises(ValueError, match="unknown split"):
+        synthesize_corpus(config, tmp_path, splits=("eval",))
