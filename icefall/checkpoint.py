@@ -43,6 +43,12 @@ class CheckpointError(RuntimeError):
 # ----------------------------------------------------------------------- I/O
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def _atomic_write(filename: PathLike) -> Iterator[BinaryIO]:
     """Write through a temporary file in the same folder, fsync and rename, so
@@ -55,6 +61,8 @@ def _atomic_write(filename: PathLike) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file private (0600); give it the mode open() would
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, filename)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,5 +1,6 @@
 """Checkpoints: atomic writes, loading, averaging and the --epoch/--avg flags."""
 
+import stat
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,7 @@ from torch import nn
 
 from icefall.checkpoint import (
     CheckpointError,
+    atomic_save,
     average_checkpoints,
     average_checkpoints_with_averaged_model,
     find_checkpoints,
@@ -216,3 +218,12 @@ def test_missing_epoch_for_averaged_model_suggests_the_flag(tmp_path):
     # The way the guide says to do it works.
     sd = select_checkpoints(tmp_path, epoch=9999, avg=1).load_state_dict()
     assert torch.equal(sd["lin.weight"], _model(0).lin.weight)
+
+
+def test_atomic_save_gives_the_files_mode_open_would(tmp_path):
+    """Exports are shared: not the private 0600 of a temporary file."""
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"x")
+    saved = tmp_path / "saved.pt"
+    atomic_save({"a": torch.zeros(1)}, saved)
+    assert stat.S_IMODE(saved.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
