@@ -63,6 +63,27 @@ class _SeedWorkers:
         torch.manual_seed(seed)
 
 
+def fit_num_buckets(cuts, num_buckets: int, max_duration: float) -> int:
+    """At most ``num_buckets``, so that each bucket holds about 1.5 batches of audio.
+
+    Buckets split the data evenly by duration and, with drop_last, each drops
+    its last partial batch: a small corpus in many buckets (e.g. 1000 synth
+    utterances, 30 buckets of 100 s) would give no batch at all.  Reads the
+    cuts only until it has seen enough audio, so large corpora cost little.
+    """
+    need = 1.5 * max_duration
+    total = 0.0
+    for cut in cuts:
+        total += cut.duration
+        if total >= num_buckets * need:
+            return num_buckets
+    fitted = max(1, int(total // need))
+    if fitted < num_buckets:
+        logging.info(f"{total:.0f} s of audio: {fitted} bucket(s) instead of --num-buckets "
+                     f"{num_buckets}, so that each fills a batch of --max-duration {max_duration:g}")
+    return min(fitted, num_buckets)
+
+
 class AsrDataModule:
     """Cut loaders and dataloaders for training, validation and decoding.
 
@@ -210,6 +231,8 @@ class AsrDataModule:
 
         # lhotse refuses more buckets than cuts (tiny CI corpora): count up to num_buckets.
         num_buckets = sum(1 for _ in itertools.islice(cuts, self.args.num_buckets))
+        if drop_last:
+            num_buckets = fit_num_buckets(cuts, num_buckets, self.args.max_duration)
         if self.args.bucketing_sampler and num_buckets >= 2:
             return DynamicBucketingSampler(
                 cuts,

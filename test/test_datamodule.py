@@ -139,3 +139,33 @@ def test_sampler_state_restores_the_epoch(fbank_dir):
     resumed = [ids(b) for b in dm.train_dataloaders(cuts, sampler_state_dict=state)]
     assert first == full[:2]
     assert resumed == full[2:]
+
+
+def test_small_corpus_with_many_buckets_still_gives_batches(fbank_dir):
+    # 24 cuts (~50 s) in 30 buckets of --max-duration 20: every bucket would
+    # drop its only, partial batch (drop_last) without fit_num_buckets.
+    dm = AsrDataModule(make_args(fbank_dir, "--num-buckets", "30", "--max-duration", "20"))
+    batches = list(dm.train_dataloaders(dm.train_cuts()))
+    assert batches
+    assert all(sum(c.duration for c in b["supervisions"]["cut"]) <= 20 for b in batches)
+
+
+def test_fit_num_buckets_reads_only_what_it_needs():
+    from types import SimpleNamespace
+
+    from icefall.asr_datamodule import fit_num_buckets
+
+    seen = []
+
+    def cuts(n):
+        for i in range(n):
+            seen.append(i)
+            yield SimpleNamespace(duration=2.0)
+
+    # 1000 cuts x 2 s = 2000 s; 1.5 batches of 100 s per bucket -> 13 buckets
+    assert fit_num_buckets(cuts(1000), 30, 100.0) == 13
+    seen.clear()
+    # a large corpus keeps its 30 buckets, after reading 30 * 150 s = 2250 cuts
+    assert fit_num_buckets(cuts(10**6), 30, 100.0) == 30
+    assert len(seen) == 2250
+    assert fit_num_buckets(cuts(3), 30, 100.0) == 1
