@@ -20,7 +20,6 @@ Corpora and their cut files (``--dataset auto`` picks the one present):
 
 import argparse
 import inspect
-import itertools
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -63,25 +62,29 @@ class _SeedWorkers:
         torch.manual_seed(seed)
 
 
-def fit_num_buckets(cuts, num_buckets: int, max_duration: float) -> int:
-    """At most ``num_buckets``, so that each bucket holds about 1.5 batches of audio.
-
-    Buckets split the data evenly by duration and, with drop_last, each drops
-    its last partial batch: a small corpus in many buckets (e.g. 1000 synth
-    utterances, 30 buckets of 100 s) would give no batch at all.  Reads the
-    cuts only until it has seen enough audio, so large corpora cost little.
+def fit_num_buckets(cuts, num_buckets: int, max_duration: float, drop_last: bool) -> int:
+    """At most ``num_buckets`` and no more buckets than cuts (lhotse refuses
+    that: tiny CI corpora).  With ``drop_last``, also few enough that each
+    bucket holds about 1.5 batches of audio: buckets split the data evenly by
+    duration and each drops its last partial batch, so a small corpus in many
+    buckets (e.g. 1000 synth utterances, 30 buckets of 100 s) would give no
+    batch at all.  Reads the cuts only until it has seen enough, so large
+    corpora cost little.
     """
-    need = 1.5 * max_duration
-    total = 0.0
+    need = 1.5 * max_duration if drop_last else 0.0
+    count, total = 0, 0.0
     for cut in cuts:
+        count += 1
         total += cut.duration
-        if total >= num_buckets * need:
+        if count >= num_buckets and total >= num_buckets * need:
             return num_buckets
-    fitted = max(1, int(total // need))
-    if fitted < num_buckets:
+    if not drop_last:
+        return count
+    fitted = min(count, max(1, int(total // need)))
+    if fitted < min(count, num_buckets):
         logging.info(f"{total:.0f} s of audio: {fitted} bucket(s) instead of --num-buckets "
                      f"{num_buckets}, so that each fills a batch of --max-duration {max_duration:g}")
-    return min(fitted, num_buckets)
+    return fitted
 
 
 class AsrDataModule:
@@ -229,10 +232,7 @@ class AsrDataModule:
     def _sampler(self, cuts, shuffle: bool, drop_last: bool):
         from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 
-        # lhotse refuses more buckets than cuts (tiny CI corpora): count up to num_buckets.
-        num_buckets = sum(1 for _ in itertools.islice(cuts, self.args.num_buckets))
-        if drop_last:
-            num_buckets = fit_num_buckets(cuts, num_buckets, self.args.max_duration)
+        num_buckets = fit_num_buckets(cuts, self.args.num_buckets, self.args.max_duration, drop_last)
         if self.args.bucketing_sampler and num_buckets >= 2:
             return DynamicBucketingSampler(
                 cuts,

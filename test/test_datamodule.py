@@ -163,9 +163,12 @@ def test_fit_num_buckets_reads_only_what_it_needs():
             yield SimpleNamespace(duration=2.0)
 
     # 1000 cuts x 2 s = 2000 s; 1.5 batches of 100 s per bucket -> 13 buckets
-    assert fit_num_buckets(cuts(1000), 30, 100.0) == 13
+    assert fit_num_buckets(cuts(1000), 30, 100.0, drop_last=True) == 13
     seen.clear()
     # a large corpus keeps its 30 buckets, after reading 30 * 150 s = 2250 cuts
-    assert fit_num_buckets(cuts(10**6), 30, 100.0) == 30
+    assert fit_num_buckets(cuts(10**6), 30, 100.0, drop_last=True) == 30
     assert len(seen) == 2250
-    assert fit_num_buckets(cuts(3), 30, 100.0) == 1
+    assert fit_num_buckets(cuts(3), 30, 100.0, drop_last=True) == 1
+    # without drop_last only lhotse's limit applies: no more buckets than cuts
+    assert fit_num_buckets(cuts(3), 30, 100.0, drop_last=False) == 3
+    assert fit_num_buckets(cuts(1000), 30, 100.0, drop_last=False) == 30
