@@ -1,6 +1,6 @@
-"""What only a trained model can show, on the small model that run.sh trains.
+"""What only a trained model can show, on run.sh's small model trained longer.
 
-test/data/synth_small holds run.sh's exported model (weights stored in
+test/data/synth_small holds that model's export (weights stored in
 float16 to halve the file), its tokens.txt, and synth.json: the config of the
 corpus it was trained on.  Its held-out test set (voices and sentences never
 heard in training) is synthesised again here: the corpus is deterministic,
@@ -12,14 +12,13 @@ code (fp32 and int8 files from export-onnx.py) and sherpa-onnx.
 """
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from recipe_fixture import REPO as ROOT, env
+
 DATA = ROOT / "test" / "data" / "synth_small"
 RECIPE = ROOT / "egs" / "librispeech" / "ASR" / "pruned_transducer_stateless3"
 SYSTEMS = ("torch-greedy", "torch-beam", "onnx-fp32", "onnx-int8", "sherpa-onnx")
@@ -29,12 +28,6 @@ SYSTEMS = ("torch-greedy", "torch-beam", "onnx-fp32", "onnx-int8", "sherpa-onnx"
 # search 13.37%, int8 18.33%.  The bar leaves room for other CPUs'
 # rounding, not for a broken path (an untrained model gets over 90%).
 GREEDY_WER_BAR = 20.0
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = f"{ROOT}:{env.get('PYTHONPATH', '')}"
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +45,7 @@ def results(tmp_path_factory):
     onnx_dir = tmp / "onnx"
     subprocess.run([sys.executable, str(RECIPE / "export-onnx.py"),
                     "--checkpoint", str(DATA / "pretrained.pt"), "--tokens", str(DATA / "tokens.txt"),
-                    "--output-dir", str(onnx_dir)], check=True, env=_env(), capture_output=True)
+                    "--output-dir", str(onnx_dir)], check=True, env=env(), capture_output=True)
     out = tmp / "results.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decode_benchmark.py"),
                            "--checkpoint", str(DATA / "pretrained.pt"),
@@ -60,7 +53,7 @@ def results(tmp_path_factory):
                            "--wav-dir", str(tmp / "audio" / "test"), "--text", str(text),
                            "--systems", ",".join(SYSTEMS), "--batch-size", "16",
                            "--output-json", str(out)],
-                          env=_env(), capture_output=True, text=True)
+                          env=env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     res = json.loads(out.read_text())
     assert res["utterances"] == len(utts) == config.num_test
