@@ -39,7 +39,17 @@ def setup_dist(
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size)
+    if world_size > 1 and not use_cuda and "OMP_NUM_THREADS" not in os.environ:
+        # Several CPU processes share the cores: by default each would start
+        # one thread per core, and together they would oversubscribe them.
+        torch.set_num_threads(cpu_threads_per_process(world_size))
     return rank, world_size, device
+
+
+def cpu_threads_per_process(world_size: int) -> int:
+    """The machine's usable cores shared out among `world_size` processes (at least 1)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // world_size)
 
 
 def cleanup_dist() -> None:

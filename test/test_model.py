@@ -197,6 +197,22 @@ def test_small_model_trains_in_train_mode():
     assert no_grad == []
 
 
+def test_dropout_config_reaches_every_layer():
+    """With dropout and layer dropout 0 (train.py --dropout 0 --layer-dropout 0)
+    a warmed-up encoder gives in training mode exactly what it gives in eval
+    mode; with the defaults it does not."""
+    torch.manual_seed(0)
+    base = {**default_config(), "encoder_dim": 64, "nhead": 4, "dim_feedforward": 96,
+            "num_encoder_layers": 2, "vocab_size": 30, "decoder_dim": 32, "joiner_dim": 48}
+    x, x_lens = torch.randn(2, 60, 80), torch.tensor([60, 45])
+    for config, same in (({**base, "dropout": 0.0, "layer_dropout": 0.0}, True), (base, False)):
+        model = build_model(config)
+        with torch.no_grad():
+            train_out = model.train().encoder(x, x_lens, warmup=2.0)[0]
+            eval_out = model.eval().encoder(x, x_lens, warmup=2.0)[0]
+        assert torch.equal(train_out, eval_out) == same
+
+
 def _brute_force_rnnt_loss(model, enc, enc_lens, y):
     """Full RNN-T loss by dynamic programming over the whole lattice."""
     losses = []

@@ -1,5 +1,6 @@
 """train.py on the tiny synth recipe: checkpoints, resume, kill -9, DDP."""
 
+import os
 import re
 import signal
 import subprocess
@@ -91,6 +92,9 @@ def test_ddp_with_two_cpu_processes(tiny_recipe):
                             "--log-interval", "1", "--tensorboard", "False", "--master-port", "12399",
                             "--save-every-n", "2")
     assert "with 2 process(es)" in out.stderr
+    # The two processes share the cores instead of each taking all of them.
+    threads = int(re.search(r"process\(es\), (\d+) CPU thread\(s\) each", out.stderr)[1])
+    assert 2 * threads <= max(2, len(os.sched_getaffinity(0)))
     assert "(0/2)" in out.stderr and "(1/2)" in out.stderr  # both ranks logged
     ckpt = load_file(tiny_recipe.workdir / "exp_ddp/checkpoint-2.pt")
     assert not any(k.startswith("module.") for k in ckpt["model"])  # stored without DDP's prefix

@@ -76,6 +76,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lm-scale", type=float, default=0.25, help="lm-only weight in the smoothed loss")
     parser.add_argument("--am-scale", type=float, default=0.0, help="am-only weight in the smoothed loss")
     parser.add_argument("--simple-loss-scale", type=float, default=0.5)
+    parser.add_argument("--dropout", type=float, default=0.1, help="dropout in the Conformer layers")
+    parser.add_argument("--layer-dropout", type=float, default=0.075,
+                        help="chance that a Conformer layer is nearly bypassed in a training step")
     parser.add_argument("--model-warm-step", type=int, default=3000, help="batches of model warm-up")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--save-every-n", type=int, default=8000, help="save checkpoint-<batch>.pt every N batches")
@@ -367,12 +370,15 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     fix_random_seed(params.seed)
     params.exp_dir.mkdir(parents=True, exist_ok=True)
     setup_logger(params.exp_dir / "log" / "log-train")
-    logging.info(f"Training started on {device} with {world_size} process(es)")
+    logging.info(f"Training started on {device} with {world_size} process(es), "
+                 f"{torch.get_num_threads()} CPU thread(s) each")
     logging.info({k: v for k, v in params.items()})
 
     sp = load_bpe_model(params.bpe_model)
     params.vocab_size, params.blank_id = sp.get_piece_size(), 0
-    model = build_model(config_from_args(params, params.vocab_size, params.blank_id))
+    config = config_from_args(params, params.vocab_size, params.blank_id)
+    config.update(dropout=params.dropout, layer_dropout=params.layer_dropout)
+    model = build_model(config)
     logging.info(f"Number of model parameters: {sum(p.numel() for p in model.parameters())}")
     model_avg = copy.deepcopy(model).to(torch.float64) if rank == 0 else None
     model.to(device)
