@@ -52,6 +52,16 @@ def cpu_threads_per_process(world_size: int) -> int:
     return max(1, (cores or 1) // world_size)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for MASTER_PORT),
+    so that two trainings on one machine do not collide on a fixed port."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def cleanup_dist() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -3,6 +3,7 @@
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -88,9 +89,16 @@ def test_kill_9_loses_at_most_the_batches_since_the_last_checkpoint(tiny_recipe)
 
 
 def test_ddp_with_two_cpu_processes(tiny_recipe):
-    out = tiny_recipe.train("exp_ddp", "--world-size", "2", "--num-epochs", "1", "--max-batches", "2",
-                            "--log-interval", "1", "--tensorboard", "False", "--master-port", "12399",
-                            "--save-every-n", "2")
+    # Another training holds icefall's usual fixed port 12354 (or something
+    # else already does): without --master-port, ours must pick a free one.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        try:
+            busy.bind(("127.0.0.1", 12354))
+            busy.listen()
+        except OSError:
+            pass  # already taken by someone else: just as busy
+        out = tiny_recipe.train("exp_ddp", "--world-size", "2", "--num-epochs", "1", "--max-batches", "2",
+                                "--log-interval", "1", "--tensorboard", "False", "--save-every-n", "2")
     assert "with 2 process(es)" in out.stderr
     # The two processes share the cores instead of each taking all of them.
     threads = int(re.search(r"process\(es\), (\d+) CPU thread\(s\) each", out.stderr)[1])

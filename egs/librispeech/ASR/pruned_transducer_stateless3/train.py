@@ -48,7 +48,13 @@ from icefall.checkpoint import (  # noqa: E402
     save_checkpoint,
     update_averaged_model,
 )
-from icefall.dist import all_reduce_sum, cleanup_dist, launched_by_torchrun, setup_dist  # noqa: E402
+from icefall.dist import (  # noqa: E402
+    all_reduce_sum,
+    cleanup_dist,
+    free_port,
+    launched_by_torchrun,
+    setup_dist,
+)
 from icefall.optim import Eden, Eve  # noqa: E402
 from icefall.tokens import load_bpe_model  # noqa: E402
 from icefall.utils import AttributeDict, MetricsTracker, get_env_info, setup_logger, str2bool  # noqa: E402
@@ -60,7 +66,8 @@ def get_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--world-size", type=int, default=1, help="processes for DDP training")
-    parser.add_argument("--master-port", type=int, default=12354)
+    parser.add_argument("--master-port", type=int, default=0,
+                        help="port of the DDP rendezvous with --world-size > 1 (0: a free one)")
     parser.add_argument("--tensorboard", type=str2bool, default=True)
     parser.add_argument("--num-epochs", type=int, default=30)
     parser.add_argument("--start-epoch", type=int, default=1, help="resume from epoch-(N-1).pt if > 1")
@@ -435,6 +442,8 @@ def main() -> None:
     args = get_parser().parse_args()
     args.exp_dir = Path(args.exp_dir)
     if args.world_size > 1 and not launched_by_torchrun():
+        if args.master_port == 0:
+            args.master_port = free_port()
         mp.spawn(run, args=(args.world_size, args), nprocs=args.world_size, join=True)
     else:
         run(rank=0, world_size=1, args=args)
