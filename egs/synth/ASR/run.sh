@@ -31,9 +31,13 @@ num_test=300
 vocab_size=256
 # model and training
 exp_dir=pruned_transducer_stateless3/exp
-num_epochs=6
+num_epochs=26
 avg=3
-max_duration=100
+# Two training processes (DDP, gloo), one core each: on 2 cores, 1.35x the
+# throughput of one process with two threads. --max-duration is per process,
+# so an update sees 2 x 50 s of audio.
+world_size=2
+max_duration=50
 num_encoder_layers=4
 encoder_dim=144
 nhead=4
@@ -41,16 +45,29 @@ dim_feedforward=576
 decoder_dim=256
 joiner_dim=256
 initial_lr=0.005
-lr_batches=1000
-lr_epochs=4
+lr_batches=5000
+lr_epochs=20
 model_warm_step=100
-world_size=1
+dropout=0.0
+layer_dropout=0.0
+# Training runs in two phases (train.py is called twice, the second call
+# resuming from the first one's last epoch):
+#   epochs 1 .. phase2_epoch-1: no SpecAugment, a slow learning-rate decay
+#     (--lr-epochs lr_epochs), so that the model finds its alignments fast;
+#   epochs phase2_epoch .. num_epochs: SpecAugment and a faster decay
+#     (--lr-epochs phase2_lr_epochs), once the model fits the training
+#     voices better than unseen ones.
+# Together with no dropout this learns about twice as fast per epoch as
+# icefall's regularised set-up on this little data (RESULTS.md).
+phase2_epoch=15
+phase2_lr_epochs=4
 num_workers=0
 beam_size=4
 
 __option_names="stage stop_stage num_train num_dev num_test vocab_size exp_dir num_epochs avg
   max_duration num_encoder_layers encoder_dim nhead dim_feedforward decoder_dim joiner_dim
-  initial_lr lr_batches lr_epochs model_warm_step world_size num_workers beam_size"
+  initial_lr lr_batches lr_epochs model_warm_step dropout layer_dropout phase2_epoch
+  phase2_lr_epochs world_size num_workers beam_size"
 . "$here/../../shared/parse_options.sh"
 . "$here/../../shared/stage_utils.sh"
 
@@ -65,28 +82,40 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
 fi
 
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
-  log "Stage 1: train for $num_epochs epochs into $exp_dir"
-  $python $recipe/train.py \
-    --world-size "$world_size" \
-    --num-epochs "$num_epochs" \
-    --exp-dir "$exp_dir" \
-    --bpe-model "$lang_dir/bpe.model" \
-    --max-duration "$max_duration" \
-    --num-workers "$num_workers" \
-    --num-encoder-layers "$num_encoder_layers" \
-    --encoder-dim "$encoder_dim" \
-    --nhead "$nhead" \
-    --dim-feedforward "$dim_feedforward" \
-    --decoder-dim "$decoder_dim" \
-    --joiner-dim "$joiner_dim" \
-    --initial-lr "$initial_lr" \
-    --lr-batches "$lr_batches" \
-    --lr-epochs "$lr_epochs" \
-    --model-warm-step "$model_warm_step" \
-    --average-period 10 \
-    --save-every-n 200 \
-    --keep-last-k 5 \
-    --log-interval 25
+  train() {
+    $python $recipe/train.py \
+      --world-size "$world_size" \
+      --exp-dir "$exp_dir" \
+      --bpe-model "$lang_dir/bpe.model" \
+      --max-duration "$max_duration" \
+      --num-workers "$num_workers" \
+      --num-encoder-layers "$num_encoder_layers" \
+      --encoder-dim "$encoder_dim" \
+      --nhead "$nhead" \
+      --dim-feedforward "$dim_feedforward" \
+      --decoder-dim "$decoder_dim" \
+      --joiner-dim "$joiner_dim" \
+      --initial-lr "$initial_lr" \
+      --lr-batches "$lr_batches" \
+      --model-warm-step "$model_warm_step" \
+      --dropout "$dropout" \
+      --layer-dropout "$layer_dropout" \
+      --average-period 10 \
+      --save-every-n 200 \
+      --keep-last-k 5 \
+      --log-interval 25 \
+      "$@"
+  }
+  plain=$(( num_epochs < phase2_epoch - 1 ? num_epochs : phase2_epoch - 1 ))
+  if [ $plain -ge 1 ]; then
+    log "Stage 1: train epochs 1-$plain into $exp_dir (phase 1: no SpecAugment)"
+    train --num-epochs "$plain" --enable-spec-aug False --lr-epochs "$lr_epochs"
+  fi
+  if [ $num_epochs -gt $plain ]; then
+    log "Stage 1: train epochs $((plain + 1))-$num_epochs into $exp_dir (phase 2: SpecAugment)"
+    train --start-epoch $((plain + 1)) --num-epochs "$num_epochs" --enable-spec-aug True \
+      --lr-epochs "$phase2_lr_epochs"
+  fi
 fi
 
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
