@@ -15,6 +15,8 @@ Usage, from egs/<dataset>/ASR:
 
 Writes recogs-<set>-<key>-<suffix>.txt, errs-... and wer-summary-... into
 <exp-dir>/<decoding-method>/, and logs the WER and the real-time factor.
+<key> is greedy_search (one token per frame at most, icefall's default),
+greedy_search_max_sym_per_frame_<N> or beam_size_<N>.
 """
 
 import argparse
@@ -88,7 +90,12 @@ def decode_dataset(dl, model, tokens: SymbolTable, args) -> Tuple[List[Tuple[str
 
 
 def save_results(args, test_set: str, results, suffix: str) -> float:
-    key = "greedy_search" if args.decoding_method == "greedy_search" else f"beam_size_{args.beam_size}"
+    if args.decoding_method != "greedy_search":
+        key = f"beam_size_{args.beam_size}"
+    elif args.max_sym_per_frame == 1:
+        key = "greedy_search"  # icefall's name, for its default of one token per frame
+    else:
+        key = f"greedy_search_max_sym_per_frame_{args.max_sym_per_frame}"
     res_dir = args.exp_dir / args.decoding_method
     store_transcripts(res_dir / f"recogs-{test_set}-{key}-{suffix}.txt", results)
     with open(res_dir / f"errs-{test_set}-{key}-{suffix}.txt", "w") as f:
