@@ -136,12 +136,12 @@ def test_decode_through_the_symlink_reproduces_the_checkpoint_wer(tiny_recipe):
         assert (res / f"{prefix}-test-greedy_search-epoch-9999-avg-1.txt").is_file()
     assert "real-time factor" in exported.stderr
     # Another --max-sym-per-frame gets files of its own instead of overwriting these.
+    before = {p: p.read_bytes() for p in res.glob("*-test-greedy_search-epoch-9999-avg-1.txt")}
     r.run([f"{RECIPE}/decode.py", "--epoch", 9999, "--avg", 1, "--use-averaged-model", "False", *common,
            "--max-sym-per-frame", 2])
     for prefix in ("recogs", "errs", "wer-summary"):
         assert (res / f"{prefix}-test-greedy_search_max_sym_per_frame_2-epoch-9999-avg-1.txt").is_file()
-    assert _recogs(r, "greedy_search", "epoch-9999-avg-1") == _recogs(
-        r, "greedy_search", f"epoch-{NUM_EPOCHS}-avg-3-use-averaged-model")
+    assert len(before) == 3 and all(p.read_bytes() == b for p, b in before.items())
 
     # Forgetting --use-averaged-model False: a clear error naming the file and the flag.
     bad = r.run([f"{RECIPE}/decode.py", "--epoch", 9999, "--avg", 1, *common], check=False)
