@@ -33,7 +33,7 @@ vocab_size=256
 exp_dir=pruned_transducer_stateless3/exp
 num_epochs=26
 avg=8
-# Two training processes (DDP, gloo), one core each: on 2 cores, 1.35x the
+# Two training processes (DDP, gloo), one core each: on 2 cores, 1.34x the
 # throughput of one process with two threads. --max-duration is per process,
 # so an update sees 2 x 50 s of audio.
 world_size=2
