@@ -248,3 +248,183 @@ def test_greedy_search_matches_icefall(ref, small):
         ids = torch.unique_consecutive(lp[:n].argmax(dim=-1)).tolist()
         ctc_hyps.append([i for i in ids if i != 0])
     assert ctc_hyps == ref["outputs"]["ctc_greedy_search_hyps"]
+
+
+# ----------------------------------------------------------------------------
+# Training-time functions against icefall's (training.autograd_functions / swoosh)
+
+
+def cases(ref, function_prefix):
+    return [c for c in ref["training"]["autograd_functions"]
+            if c["function"].startswith(function_prefix)]
+
+
+def run_backward(fn, x, grad_out):
+    x = x.clone().requires_grad_(True)
+    y = fn(x)
+    y.backward(grad_out)
+    return y.detach(), x.grad
+
+
+def test_balancer_matches_icefall(ref):
+    found = cases(ref, "scaling.BalancerFunction")
+    assert len(found) == 4
+    for c in found:
+        cfg = c["module_config"]
+        channel_dim = cfg["channel_dim"]
+        m = R.scaling_grad.Balancer(
+            c["x"].shape[channel_dim], channel_dim=channel_dim,
+            min_positive=cfg["min_positive"], max_positive=cfg["max_positive"],
+            min_abs=cfg["min_abs"], max_abs=cfg["max_abs"], grad_scale=cfg["grad_scale"],
+            prob=cfg["prob"])
+        y, grad_in = run_backward(m.train(), c["x"], c["grad_out"])
+        assert torch.equal(y, c["y"])
+        assert_close(grad_in, c["grad_in"], rtol=1e-5, atol_rel=1e-6)
+        assert not torch.allclose(grad_in, c["grad_out"])  # the case does shape gradients
+        # Eval mode: no gradient shaping at all.
+        _, grad_eval = run_backward(m.eval(), c["x"], c["grad_out"])
+        assert torch.equal(grad_eval, c["grad_out"]), c["name"]
+
+
+def test_balancer_limits_converted_as_icefall(ref):
+    for c in cases(ref, "scaling.BalancerFunction"):
+        cfg, args = c["module_config"], c["args"]
+        g = R.scaling_grad
+        assert g._proportion_positive_to_mean(cfg["min_positive"]) == pytest.approx(args["min_mean"])
+        assert g._proportion_positive_to_mean(cfg["max_positive"]) == pytest.approx(args["max_mean"])
+        assert g._abs_to_rms(cfg["min_abs"]) == pytest.approx(args["min_rms"])
+        assert g._abs_to_rms(cfg["max_abs"]) == pytest.approx(args["max_rms"])
+
+
+def test_whiten_matches_icefall(ref):
+    found = cases(ref, "scaling.WhiteningPenaltyFunction")
+    assert len(found) == 3
+    for c in found:
+        a = c["args"]
+        metric = R.scaling_grad._whitening_metric(c["x"], a["num_groups"])
+        assert float(metric) == pytest.approx(c["whitening_metric"], rel=1e-5)
+        m = R.scaling_grad.Whiten(a["num_groups"], a["whitening_limit"], prob=a["prob"],
+                                  grad_scale=a["grad_scale"]).train()
+        y, grad_in = run_backward(m, c["x"], c["grad_out"])
+        assert torch.equal(y, c["y"])
+        if c["whitening_metric"] < a["whitening_limit"]:
+            assert torch.equal(grad_in, c["grad_out"])
+        else:
+            assert not torch.allclose(grad_in, c["grad_out"])
+        assert_close(grad_in, c["grad_in"], rtol=1e-5, atol_rel=1e-6)
+        _, grad_eval = run_backward(m.eval(), c["x"], c["grad_out"])
+        assert torch.equal(grad_eval, c["grad_out"])
+
+
+def test_scale_grad_limit_param_value_and_penalty_match_icefall(ref):
+    g = R.scaling_grad
+    (c,) = cases(ref, "scaling.ScaleGradFunction")
+    y, grad_in = run_backward(lambda x: g.scale_grad(x, c["args"]["alpha"]), c["x"], c["grad_out"])
+    assert torch.equal(y, c["y"]) and torch.allclose(grad_in, c["grad_in"])
+    (c,) = cases(ref, "scaling.LimitParamValue")
+    y, grad_in = run_backward(lambda x: g.LimitParamValue.apply(x, c["args"]["min"], c["args"]["max"]),
+                              c["x"], c["grad_out"])
+    assert torch.equal(y, c["y"]) and torch.equal(grad_in, c["grad_in"])
+    assert not torch.equal(grad_in, c["grad_out"])
+    (c,) = cases(ref, "scaling.WithLoss")
+    a = c["args"]
+    y, grad_in = run_backward(lambda x: g.penalize_abs_values_gt(x, a["limit"], a["penalty"]),
+                              c["x"], c["grad_out"])
+    assert torch.equal(y, c["y"]) and torch.allclose(grad_in, c["grad_in"], rtol=0, atol=1e-7)
+    (c,) = cases(ref, "scaling.SoftmaxFunction")
+    y, grad_in = run_backward(lambda x: x.softmax(dim=c["args"]["dim"]), c["x"], c["grad_out"])
+    assert_close(y, c["y"]) and assert_close(grad_in, c["grad_in"])
+
+
+def test_bias_norm_matches_icefall(ref):
+    found = cases(ref, "scaling.BiasNormFunction")
+    assert len(found) == 2
+    for c in found:
+        m = R.scaling.BiasNorm(c["x"].shape[-1], channel_dim=c["args"]["channel_dim"])
+        with torch.no_grad():
+            m.bias.copy_(c["bias"])
+            m.log_scale.copy_(c["log_scale"])
+        y, grad_in = run_backward(m.eval(), c["x"], c["grad_out"])
+        assert_close(y, c["y"])
+        assert_close(grad_in, c["grad_in"])
+        assert_close(m.bias.grad, c["grad_bias"])
+        assert_close(m.log_scale.grad, c["grad_log_scale"])
+
+
+def test_dropout3_shares_its_mask_and_rescales():
+    x = torch.randn(4, 30, 5) + 3.0
+    m = R.scaling.Dropout3(0.3, shared_dim=1).train()
+    y = m(x)
+    ratio = y / x
+    assert set(torch.round(ratio * 1e4).unique().tolist()) <= {0.0, round(1e4 / 0.7)}
+    kept = ratio != 0
+    assert torch.equal(kept, kept[:, :1].expand_as(kept))  # one mask over dim 1
+    assert 0 < kept.float().mean() < 1
+    assert torch.equal(m.eval()(x), x)
+
+
+def test_activation_dropout_and_linear_matches_icefall(ref):
+    found = cases(ref, "scaling.ActivationDropoutAndLinearFunction")
+    assert len(found) == 2
+    for c in found:
+        a = c["args"]
+        m = R.scaling.ActivationDropoutAndLinear(6, 5, activation=a["activation"],
+                                                 dropout_p=a["dropout_p"],
+                                                 dropout_shared_dim=a["dropout_shared_dim"])
+        with torch.no_grad():
+            m.weight.copy_(c["weight"])
+            m.bias.copy_(c["bias"])
+        y, grad_in = run_backward(m.train(), c["x"], c["grad_out"])
+        assert_close(y, c["y"])
+        assert_close(grad_in, c["grad_in"])
+        assert_close(m.weight.grad, c["grad_weight"])
+        assert_close(m.bias.grad, c["grad_bias"])
+        with torch.no_grad():
+            assert_close(m.eval()(c["x"]), c["y"])
+
+
+@pytest.mark.parametrize("kind", ["swoosh_l", "swoosh_r"])
+def test_swoosh_matches_icefall(ref, kind):
+    s = ref["training"]["swoosh"]
+    want = s[kind]
+    module = R.scaling.SwooshL() if kind == "swoosh_l" else R.scaling.SwooshR()
+    x, grad_out = s["x"], s["grad_out"]
+    with torch.no_grad():
+        assert_close(module(x), want["forward_module_no_grad"], rtol=1e-6, atol_rel=1e-7)
+    assert_close(R.scaling.swoosh_derivative(x, module.kind), want["exact_derivative"],
+                 rtol=1e-6, atol_rel=1e-7)
+    assert bool(torch.isfinite(want["exact_derivative"]).all())
+    # With gradients: the derivative is stored as a byte with random dither, as
+    # icefall does; the same seed draws the same dither.
+    torch.manual_seed(want["grad_in_quantized_seed"])
+    y, grad_in = run_backward(module, x, grad_out)
+    assert_close(y, want["forward_module_with_grad"], rtol=1e-6, atol_rel=1e-6)
+    step = 1.005 / 255
+    assert bool(((grad_in - want["grad_in_quantized"]).abs() <= step * grad_out.abs() + 1e-7).all())
+    assert (grad_in == want["grad_in_quantized"]).float().mean() > 0.95
+    assert bool(((grad_in - want["grad_in_exact"]).abs() <= step * grad_out.abs() + 1e-6).all())
+
+
+def test_scheduled_floats_match_icefall(ref):
+    model = small_model_from(ref)
+    got = {}
+    for name, m in model.named_modules():
+        if isinstance(m, R.scaling_schedule.ScheduledFloat):
+            got[name] = {"pairs": [list(p) for p in m.schedule.pairs], "default": m.default}
+    want = {k: {"pairs": [list(map(float, p)) for p in v["pairs"]], "default": v["default"]}
+            for k, v in ref["training"]["scheduled_floats"].items()}
+    assert len(want) == 327
+    assert sorted(set(want) - set(got)) == []
+    assert sorted(set(got) - set(want)) == []
+    assert {k: got[k] for k in want} == want
+
+
+def test_scheduled_float_follows_batch_count():
+    sf = R.scaling_schedule.ScheduledFloat((0.0, 0.3), (20000.0, 0.1), default=0.05)
+    assert float(sf) == 0.05  # no batch count yet
+    sf.batch_count = 10000
+    assert float(sf) == pytest.approx(0.2)
+    sf.batch_count = 1e9
+    assert float(sf) == pytest.approx(0.1)
+    sf.eval()
+    assert float(sf) == 0.05
