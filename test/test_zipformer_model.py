@@ -428,3 +428,179 @@ def test_scheduled_float_follows_batch_count():
     assert float(sf) == pytest.approx(0.1)
     sf.eval()
     assert float(sf) == 0.05
+
+
+# ----------------------------------------------------------------------------
+# 3. Training-mode smoke tests and the causal (chunked) model
+
+SMALL_ARGV = ["--num-encoder-layers", "2,1,1,1,1,1", "--downsampling-factor", "1,2,4,8,4,2",
+              "--feedforward-dim", "64,72,80,96,80,72", "--num-heads", "2,2,2,2,3,3",
+              "--encoder-dim", "32,40,48,56,44,36", "--encoder-unmasked-dim", "24,32,32,40,32,32",
+              "--query-head-dim", "8", "--value-head-dim", "4,4,6,6,4,4", "--pos-head-dim", "2",
+              "--pos-dim", "16", "--cnn-module-kernel", "15,11,7,5,7,9", "--decoder-dim", "28",
+              "--joiner-dim", "52"]
+LOG_EPS = -23.025850929940457
+
+
+def tiny_batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 120, 80, generator=g)
+    x_lens = torch.tensor([120, 97])
+    x[1, 97:] = LOG_EPS
+    y = [[43, 25, 25, 14, 25, 37, 10], [36, 15, 24, 39]]
+    return x, x_lens, y
+
+
+def fresh_model(*extra_argv: str, seed: int = 0):
+    torch.manual_seed(seed)
+    random.seed(seed)
+    return R.model.build_model(config_for(SMALL_ARGV + list(extra_argv), vocab_size=50))
+
+
+# The layer-level bypass_scale is in icefall's state_dict but never used.
+UNUSED = ("layers.0.bypass_scale", "layers.1.bypass_scale")
+
+
+def train_step(model, batch_count: float, seed: int = 0):
+    model.train()
+    R.scaling.set_batch_count(model, batch_count)
+    x, x_lens, y = tiny_batch(seed)
+    simple, pruned, ctc = model(x, x_lens, y, prune_range=5, am_scale=0.0, lm_scale=0.25)
+    losses = [v for v in (simple, pruned, ctc) if v.numel()]
+    for v in losses:
+        assert v.ndim == 0 and bool(torch.isfinite(v)) and float(v.detach()) > 0, (simple, pruned, ctc)
+    sum(losses).backward()
+    return simple, pruned, ctc
+
+
+def test_training_forward_gives_losses_and_gradients_for_every_used_parameter():
+    model = fresh_model("--use-ctc", "1")
+    # Late in training: skip rates have decayed, so every module runs on this batch.
+    simple, pruned, ctc = train_step(model, batch_count=100000.0)
+    assert simple.numel() == pruned.numel() == ctc.numel() == 1
+    for name, p in model.named_parameters():
+        if name.endswith(UNUSED):
+            assert p.grad is None, name
+        else:
+            assert p.grad is not None, name
+            assert bool(torch.isfinite(p.grad).all()) and float(p.grad.abs().sum()) > 0, name
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_early_training_with_all_randomisation_is_finite(seed):
+    # Batch 0: layer skipping, module dropout, feature masks, pos-emb skipping,
+    # ConvNeXt layer drop and dropout are all at their highest.
+    model = fresh_model("--use-ctc", "1", seed=seed)
+    train_step(model, batch_count=0.0, seed=seed)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            assert bool(torch.isfinite(p.grad).all()), name
+
+
+def test_ctc_only_and_transducer_only_models_train():
+    simple, pruned, ctc = train_step(fresh_model("--use-transducer", "0", "--use-ctc", "1"), 1000.0)
+    assert simple.numel() == pruned.numel() == 0 and ctc.numel() == 1
+    simple, pruned, ctc = train_step(fresh_model(), 1000.0)
+    assert ctc.numel() == 0 and simple.numel() == 1
+
+
+def test_eval_forward_is_deterministic_and_training_is_not():
+    model = fresh_model("--use-ctc", "1")
+    x, x_lens, _ = tiny_batch()
+    model.eval()
+    R.scaling.set_batch_count(model, 0.0)
+    with torch.no_grad():
+        a, _ = model.forward_encoder(x, x_lens)
+        b, _ = model.forward_encoder(x, x_lens)
+    assert torch.equal(a, b)
+    model.train()
+    with torch.no_grad():
+        c, _ = model.forward_encoder(x, x_lens)
+    assert not torch.allclose(a, c)
+
+
+def causal_model(chunk_size, left_context_frames, seed: int = 0):
+    model = fresh_model("--causal", "1", "--use-ctc", "1", seed=seed)
+    # Random weights everywhere (the chunk-edge scales start at zero).
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    model.encoder.chunk_size = tuple(chunk_size)
+    model.encoder.left_context_frames = tuple(left_context_frames)
+    return model
+
+
+def test_causal_model_trains_with_chunk_masks():
+    model = causal_model(chunk_size=(16,), left_context_frames=(32,))
+    train_step(model, batch_count=100000.0)
+    for name, p in model.named_parameters():
+        if "chunkwise_conv_scale" in name or "causal_conv" in name:
+            assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
+
+
+def test_causal_model_draws_chunk_size_and_left_context_per_batch():
+    encoder = causal_model(chunk_size=(16, 32, -1), left_context_frames=(64, 128, -1)).encoder
+    random.seed(0)
+    seen = {encoder.get_chunk_info() for _ in range(200)}
+    assert seen == {(-1, -1), (16, 4), (16, 8), (16, -1), (32, 2), (32, 4), (32, -1)}
+    assert fresh_model().encoder.get_chunk_info() == (-1, -1)
+
+
+def brute_force_attn_mask(seq_len: int, chunk: int, left_chunks: int) -> torch.Tensor:
+    mask = torch.zeros(seq_len, seq_len, dtype=torch.bool)
+    for t in range(seq_len):
+        for s in range(seq_len):
+            visible = s // chunk <= t // chunk and (left_chunks < 0 or
+                                                    s // chunk >= t // chunk - left_chunks)
+            mask[t, s] = not visible
+    return mask
+
+
+def test_chunk_attention_mask_by_brute_force():
+    encoder = causal_model(chunk_size=(16,), left_context_frames=(32,)).encoder
+    x = torch.zeros(50, 1, 32)
+    assert torch.equal(encoder._get_attn_mask(x, 16, 2), brute_force_attn_mask(50, 16, 2))
+    assert torch.equal(encoder._get_attn_mask(x, 16, -1), brute_force_attn_mask(50, 16, -1))
+    assert encoder._get_attn_mask(x, -1, -1) is None
+
+
+@pytest.mark.parametrize("left_context_frames", [-1, 32])
+def test_chunked_causal_encoder_never_sees_future_chunks(left_context_frames):
+    """Output frame j (at 25 Hz) covers input frames 2j, 2j+1: with 16-frame
+    chunks, outputs before chunk boundary b/2 must not change when frames >= b
+    change, and must equal the encoder run on x[:b] alone."""
+    model = causal_model(chunk_size=(16,), left_context_frames=(left_context_frames,)).eval()
+    encoder = model.encoder
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 2, 32, generator=g)
+    lens = torch.tensor([64, 64])
+    with torch.no_grad():
+        full, _ = encoder(x, lens)
+        for b in (16, 32, 48):
+            x2 = x.clone()
+            x2[b:] = torch.randn(64 - b, 2, 32, generator=g)
+            out, _ = encoder(x2, lens)
+            torch.testing.assert_close(out[: b // 2], full[: b // 2], rtol=0, atol=1e-5)
+            assert not torch.allclose(out[b // 2:], full[b // 2:], atol=1e-3)
+            prefix, _ = encoder(x[:b], torch.tensor([b, b]))
+            torch.testing.assert_close(prefix, full[: b // 2], rtol=1e-5, atol=1e-5)
+        # Without chunking (-1) the same weights do see the future.
+        encoder.chunk_size = (-1,)
+        unchunked, _ = encoder(x, lens)
+        x2 = x.clone()
+        x2[48:] += 1.0
+        assert not torch.allclose(encoder(x2, lens)[0][:8], unchunked[:8], atol=1e-4)
+
+
+def test_limited_left_context_forgets_the_distant_past():
+    """With one chunk of left context in attention, early frames still reach
+    late ones through stacked layers and convolutions, but the outputs
+    differ from those with unlimited left context."""
+    x = torch.randn(96, 1, 32, generator=torch.Generator().manual_seed(3))
+    lens = torch.tensor([96])
+    with torch.no_grad():
+        unlimited = causal_model((16,), (-1,)).eval().encoder(x, lens)[0]
+        limited = causal_model((16,), (16,)).eval().encoder(x, lens)[0]
+    torch.testing.assert_close(limited[:8], unlimited[:8], rtol=1e-5, atol=1e-5)  # chunk 0
+    assert not torch.allclose(limited[-8:], unlimited[-8:], atol=1e-3)
