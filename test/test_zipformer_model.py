@@ -473,11 +473,14 @@ def train_step(model, batch_count: float, seed: int = 0):
     return simple, pruned, ctc
 
 
-def test_training_forward_gives_losses_and_gradients_for_every_used_parameter():
+def test_training_forward_gives_losses_and_gradients_for_every_used_parameter(ref):
     model = fresh_model("--use-ctc", "1")
     # Late in training: skip rates have decayed, so every module runs on this batch.
     simple, pruned, ctc = train_step(model, batch_count=100000.0)
     assert simple.numel() == pruned.numel() == ctc.numel() == 1
+    # icefall's sensitivity check found exactly these entries without effect.
+    no_grad = sorted(name for name, p in model.named_parameters() if p.grad is None)
+    assert no_grad == sorted(ref["state_dict_entries_without_effect_on_outputs"])
     for name, p in model.named_parameters():
         if name.endswith(UNUSED):
             assert p.grad is None, name
