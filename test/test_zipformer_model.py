@@ -607,3 +607,43 @@ def test_limited_left_context_forgets_the_distant_past():
         limited = causal_model((16,), (16,)).eval().encoder(x, lens)[0]
     torch.testing.assert_close(limited[:8], unlimited[:8], rtol=1e-5, atol=1e-5)  # chunk 0
     assert not torch.allclose(limited[-8:], unlimited[-8:], atol=1e-3)
+
+
+# ----------------------------------------------------------------------------
+# icefall's causal model in simulated streaming (icefall_zipformer_streaming_small.pt)
+
+
+@pytest.fixture(scope="module")
+def streaming_ref():
+    return torch.load(DATA / "icefall_zipformer_streaming_small.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("setting", ["chunk16_left64", "chunk32_left128"])
+def test_simulated_streaming_matches_icefall(streaming_ref, setting):
+    """The causal model with one chunk size / left context, run on whole
+    utterances with chunk masks, as icefall's decode.py does for causal models."""
+    want = streaming_ref["outputs"][setting]
+    model = R.model.build_model(config_for(want["argv"], vocab_size=50))
+    model.load_state_dict(streaming_ref["model"], strict=True)
+    model.eval()
+    assert model.encoder.get_chunk_info() == (want["chunk_size"],
+                                             want["left_context_frames"] // want["chunk_size"])
+    x, x_lens = streaming_ref["inputs"]["x"], streaming_ref["inputs"]["x_lens"]
+    with torch.no_grad():
+        out, lens = model.forward_encoder(x, x_lens)
+        assert_close(out, want["forward_encoder_nopad"]["encoder_out"], rtol=1e-4, atol_rel=1e-5)
+        assert torch.equal(lens, want["forward_encoder_nopad"]["encoder_out_lens"])
+        # decode.py pads 30 frames of log(1e-10) for causal models.
+        sim = want["simulated_streaming"]
+        feature = torch.nn.functional.pad(x, (0, 0, 0, 30), value=LOG_EPS)
+        out, lens = model.forward_encoder(feature, x_lens + 30)
+        assert_close(out, sim["encoder_out"], rtol=1e-4, atol_rel=1e-5)
+        assert torch.equal(lens, sim["encoder_out_lens"])
+        log_probs = model.ctc_output(out)
+        assert_close(log_probs, sim["ctc_output"], rtol=1e-4, atol_rel=1e-5)
+    assert greedy_search_batch(model, out, lens) == sim["greedy_search_batch_hyps"]
+    ctc_hyps = []
+    for lp, n in zip(log_probs, lens.tolist()):
+        ids = torch.unique_consecutive(lp[:n].argmax(dim=-1)).tolist()
+        ctc_hyps.append([i for i in ids if i != 0])
+    assert ctc_hyps == sim["ctc_greedy_search_hyps"]
