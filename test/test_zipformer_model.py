@@ -647,3 +647,14 @@ def test_simulated_streaming_matches_icefall(streaming_ref, setting):
         ids = torch.unique_consecutive(lp[:n].argmax(dim=-1)).tolist()
         ctc_hyps.append([i for i in ids if i != 0])
     assert ctc_hyps == sim["ctc_greedy_search_hyps"]
+
+
+def test_relative_to_absolute_positions_by_brute_force():
+    x = torch.randn(2, 3, 5, 9)
+    want = torch.empty(2, 3, 5, 5)
+    for i in range(5):
+        for j in range(5):
+            want[..., i, j] = x[..., i, 4 - i + j]  # offset j - i, stored at index offset + T - 1
+    assert torch.equal(R.zipformer._rel_to_abs(x), want)
+    traced = torch.jit.trace(R.zipformer._rel_to_abs, (x,))
+    assert torch.equal(traced(x), want)

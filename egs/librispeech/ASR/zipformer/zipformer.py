@@ -145,9 +145,9 @@ class Zipformer2(nn.Module):
         if chunk_size == -1:
             return -1, -1
         left_context_frames = random.choice(self.left_context_frames)
-        # -1 // chunk_size == -1: unlimited left context
-        return chunk_size, max(left_context_frames // chunk_size, 1) \
-            if left_context_frames >= 0 else -1
+        if left_context_frames < 0:
+            return chunk_size, -1  # unlimited left context
+        return chunk_size, max(left_context_frames // chunk_size, 1)
 
     def forward(self, x: Tensor, x_lens: Tensor,
                 src_key_padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
@@ -575,12 +575,7 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
             pos = self.linear_pos(pos_emb)
             pos = pos.reshape(-1, 2 * seq_len - 1, H, dp).permute(2, 0, 3, 1)  # [H, 1, dp, 2T-1]
             pos_scores = (p @ pos).contiguous()  # [H, N, T, 2T-1], last dim: offset + T - 1
-            # Relative to absolute: out[..., i, j] = pos_scores[..., i, (T - 1) - i + j].
-            s = pos_scores.stride()
-            pos_scores = pos_scores.as_strided(
-                (H, batch_size, seq_len, seq_len), (s[0], s[1], s[2] - s[3], s[3]),
-                storage_offset=pos_scores.storage_offset() + s[3] * (seq_len - 1))
-            attn_scores = attn_scores + pos_scores
+            attn_scores = attn_scores + _rel_to_abs(pos_scores)
 
         if self.training and random.random() < 0.1:
             # A failsafe against implausibly large scores.
@@ -594,6 +589,18 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
             attn_scores = attn_scores.masked_fill(key_padding_mask.unsqueeze(1), -1000)
         attn_weights = attn_scores.softmax(dim=-1)
         return nn.functional.dropout(attn_weights, p=self.dropout, training=self.training)
+
+
+def _rel_to_abs(pos_scores: Tensor) -> Tensor:
+    """[H, N, T, 2T-1] scores by relative offset (index offset + T - 1) ->
+    [H, N, T, T] by source: out[..., i, j] = pos_scores[..., i, (T - 1) - i + j]."""
+    H, N, T, _ = pos_scores.shape
+    if torch.jit.is_tracing():  # exportable: a gather instead of a strided view
+        index = (torch.arange(T - 1, -1, -1).unsqueeze(-1) + torch.arange(T)).to(pos_scores.device)
+        return pos_scores.gather(3, index.expand(H, N, T, T))
+    s = pos_scores.stride()
+    return pos_scores.as_strided((H, N, T, T), (s[0], s[1], s[2] - s[3], s[3]),
+                                 storage_offset=pos_scores.storage_offset() + s[3] * (T - 1))
 
 
 class SelfAttention(nn.Module):
