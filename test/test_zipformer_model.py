@@ -655,6 +655,66 @@ def test_relative_to_absolute_positions_by_brute_force():
     for i in range(5):
         for j in range(5):
             want[..., i, j] = x[..., i, 4 - i + j]  # offset j - i, stored at index offset + T - 1
-    assert torch.equal(R.zipformer._rel_to_abs(x), want)
-    traced = torch.jit.trace(R.zipformer._rel_to_abs, (x,))
+    assert torch.equal(R.zipformer._rel_to_abs(x, 5), want)
+    traced = torch.jit.trace(lambda t: R.zipformer._rel_to_abs(t, 5), (x,))
     assert torch.equal(traced(x), want)
+
+
+def stream_utterance(model, feats: torch.Tensor, chunk: int, states=None):
+    """icefall's DecodeStream + decode_one_chunk for one utterance: feats [T, 80]
+    gets 13 + 30 frames of log(1e-10); each step takes 2 * chunk + 13 frames
+    (the last one padded) and advances by 2 * chunk. Returns the encoder
+    outputs of each chunk and the final states."""
+    feats = torch.nn.functional.pad(feats, (0, 0, 0, 13 + 30), value=LOG_EPS)
+    states = model.get_init_states(1) if states is None else states
+    outs, done, chunk_len = [], 0, 2 * chunk + 13
+    while done < feats.size(0):
+        f = feats[done: done + chunk_len]
+        done += 2 * chunk
+        f = torch.nn.functional.pad(f, (0, 0, 0, chunk_len - f.size(0)), value=LOG_EPS)
+        out, lens, states = model.streaming_forward(f[None], torch.tensor([chunk_len]), states)
+        assert out.shape[1] == int(lens[0]) == chunk // 2
+        outs.append(out)
+    return outs, states, feats.size(0)
+
+
+@pytest.mark.parametrize("setting", ["chunk16_left64", "chunk32_left128"])
+def test_chunk_by_chunk_streaming_matches_icefall(streaming_ref, setting):
+    """State-carrying streaming, as icefall's streaming_decode.py with greedy search."""
+    want = streaming_ref["outputs"][setting]
+    model = R.model.build_model(config_for(want["argv"], vocab_size=50))
+    model.load_state_dict(streaming_ref["model"], strict=True)
+    model.eval()
+    x, x_lens = streaming_ref["inputs"]["x"], streaming_ref["inputs"]["x_lens"]
+    for b, w in enumerate(want["streaming"]):
+        init = model.get_init_states(1)
+        assert [list(s.shape) for s in init] == [list(s) for s in w["initial_state_shapes"]]
+        with torch.no_grad():
+            outs, states, num_frames = stream_utterance(model, x[b, : x_lens[b]],
+                                                        want["chunk_size"], init)
+        assert num_frames == w["num_frames_after_pad"] and len(outs) == w["num_chunks"]
+        assert [list(s.shape) for s in states] == [list(s) for s in w["final_state_shapes"]]
+        assert int(states[-1]) == w["done_frames"] * 2
+        enc = torch.cat(outs, dim=1)
+        assert_close(enc, w["encoder_out_concat"], rtol=1e-4, atol_rel=1e-5)
+        hyp = greedy_search_batch(model, enc, torch.tensor([enc.size(1)]))[0]
+        assert hyp == w["greedy_search_hyp"]
+
+
+def test_streaming_a_batch_equals_streaming_each_utterance(streaming_ref):
+    want = streaming_ref["outputs"]["chunk16_left64"]
+    model = R.model.build_model(config_for(want["argv"], vocab_size=50))
+    model.load_state_dict(streaming_ref["model"], strict=True)
+    model.eval()
+    x = streaming_ref["inputs"]["x"]  # 250 frames: 6 chunks need 32 * 5 + 45
+    with torch.no_grad():
+        single = [stream_utterance(model, x[b], 16)[0][:6] for b in range(2)]
+        states = R.model.stack_states([model.get_init_states(1), model.get_init_states(1)])
+        for c in range(6):
+            out, _, states = model.streaming_forward(x[:, 32 * c: 32 * c + 45],
+                                                     torch.tensor([45, 45]), states)
+            for b in range(2):
+                torch.testing.assert_close(out[b: b + 1], single[b][c], rtol=1e-5, atol=1e-5)
+        # unstack_states is stack_states' inverse
+        again = R.model.stack_states(R.model.unstack_states(states))
+        assert all(torch.equal(a, b) for a, b in zip(again, states))

@@ -115,6 +115,43 @@ class AsrModel(nn.Module):
         assert torch.all(encoder_out_lens > 0), (x_lens, encoder_out_lens)
         return encoder_out, encoder_out_lens
 
+    def get_init_states(self, batch_size: int = 1,
+                        device: torch.device = torch.device("cpu")) -> List[Tensor]:
+        """Streaming state of a causal model (icefall's streaming_decode.get_init_states):
+        the encoder's caches (6 per layer), the embed's left pad, and
+        processed_lens [N] int32 (frames done at 50 Hz)."""
+        return self.encoder.get_init_states(batch_size, device) + [
+            self.encoder_embed.get_init_states(batch_size, device),
+            torch.zeros(batch_size, dtype=torch.int32, device=device)]
+
+    def streaming_forward(self, features: Tensor, feature_lens: Tensor,
+                          states: List[Tensor]) -> Tuple[Tensor, Tensor, List[Tensor]]:
+        """One chunk of a causal model in eval mode (icefall's streaming_decode.streaming_forward).
+
+        Args:
+          features: [N, 2 * chunk + 13, 80]: the chunk's 2 * chunk fbank frames
+            and 13 frames of look-ahead (padded with log(1e-10) at the end);
+            chunk = encoder.chunk_size[0].
+          feature_lens: [N] valid frames of `features`.
+          states: from get_init_states() or the previous call (see stack_states).
+        Returns:
+          (encoder_out [N, chunk // 2, C], encoder_out_lens [N], new states).
+        """
+        left_context_len = self.encoder.left_context_frames[0]
+        x, x_lens, embed_left_pad = self.encoder_embed.streaming_forward(features, feature_lens,
+                                                                         states[-2])
+        assert x.size(1) == self.encoder.chunk_size[0], (x.shape, self.encoder.chunk_size)
+        processed_lens = states[-1]
+        # Cache slots are valid once that many frames have been processed
+        # (slot left_context_len - 1 holds the latest frame).
+        slots = torch.arange(left_context_len, device=x.device).expand(x.size(0), -1)
+        cache_mask = (processed_lens.unsqueeze(1) <= slots).flip(1)
+        chunk_mask = torch.arange(x.size(1), device=x.device)[None, :] >= x_lens[:, None]
+        encoder_out, encoder_out_lens, encoder_states = self.encoder.streaming_forward(
+            x.permute(1, 0, 2), x_lens, states[:-2], torch.cat([cache_mask, chunk_mask], dim=1))
+        return (encoder_out.permute(1, 0, 2), encoder_out_lens,
+                encoder_states + [embed_left_pad, processed_lens + x_lens])
+
     def forward_ctc(self, encoder_out: Tensor, encoder_out_lens: Tensor, targets: Tensor,
                     target_lengths: Tensor) -> Tensor:
         """CTC loss summed over the batch; targets [sum(target_lengths)] concatenated."""
@@ -195,6 +232,23 @@ def pad_token_ids(y: List[List[int]], pad_id: int,
     for i, ids in enumerate(y):
         padded[i, : len(ids)] = torch.as_tensor(ids, dtype=torch.int64)
     return padded.to(device), lens.to(device)
+
+
+def stack_states(state_list: List[List[Tensor]]) -> List[Tensor]:
+    """Per-utterance streaming states (each for batch size 1 or more) -> one batch state."""
+    num_layers = (len(state_list[0]) - 2) // 6
+    # Batch dim of each layer state: key, nonlin_attn, val1, val2 -> 1; conv1, conv2 -> 0.
+    dims = [1, 1, 1, 1, 0, 0] * num_layers + [0, 0]
+    return [torch.cat([s[i] for s in state_list], dim=d) for i, d in enumerate(dims)]
+
+
+def unstack_states(batch_states: List[Tensor]) -> List[List[Tensor]]:
+    """Inverse of stack_states: one state list per utterance."""
+    num_layers = (len(batch_states) - 2) // 6
+    dims = [1, 1, 1, 1, 0, 0] * num_layers + [0, 0]
+    batch_size = batch_states[-1].shape[0]
+    pieces = [s.chunk(batch_size, dim=d) for s, d in zip(batch_states, dims)]
+    return [[p[n] for p in pieces] for n in range(batch_size)]
 
 
 def frames_after_subsampling(num_frames: int) -> int:

@@ -13,7 +13,7 @@ scaling_grad.py: identities in the forward pass, active only in training.
 Module and parameter names follow icefall so that its checkpoints load.
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -277,6 +277,16 @@ class ChunkCausalDepthwiseConv1d(nn.Module):
         x_chunk = x_chunk.reshape(batch_size, num_chunks, channels, chunk_size)
         x_chunk = x_chunk.permute(0, 2, 1, 3).reshape(batch_size, channels, -1)
         return x_chunk[..., :seq_len] + x_causal
+
+    def streaming_forward(self, x: Tensor, cache: Tensor) -> Tuple[Tensor, Tensor]:
+        """One chunk: x [N, C, T] (the whole chunk), cache [N, C, kernel_size // 2]
+        (the previous frames) -> ([N, C, T], the new cache)."""
+        left_pad = self.kernel_size // 2
+        assert cache.shape[-1] == left_pad, (cache.shape, left_pad)
+        x = torch.cat([cache, x], dim=2)
+        x_causal = self.causal_conv(x)
+        x_chunk = self.chunkwise_conv(x[..., left_pad:]) * self._get_chunk_scale(x.shape[2] - left_pad)
+        return x_chunk + x_causal, x[..., x.shape[2] - left_pad:]
 
     def _get_chunk_scale(self, chunk_size: int) -> Tensor:
         """[C, chunk_size]: 1 + left-edge corrections (from the chunk start) + right-edge ones."""

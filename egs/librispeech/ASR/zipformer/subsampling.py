@@ -62,6 +62,21 @@ class ConvNeXt(nn.Module):
             x = self.out_whiten(x.transpose(1, 3)).transpose(1, 3)
         return x
 
+    def streaming_forward(self, x: Tensor, cached_left_pad: Tensor) -> Tuple[Tensor, Tensor]:
+        """One chunk: x [N, C, T, F] whose last padding[0] frames are only
+        look-ahead; cached_left_pad [N, C, padding[0], F], the frames before
+        the chunk. Returns ([N, C, T - padding[0], F], the new cache)."""
+        pad_t, pad_f = self.padding
+        T = x.size(2) - pad_t
+        bypass = x[:, :, :T]
+        assert cached_left_pad.size(2) == pad_t, (cached_left_pad.shape, pad_t)
+        x = torch.cat([cached_left_pad, x], dim=2)
+        cached_left_pad = x[:, :, T: T + pad_t]
+        x = nn.functional.conv2d(x, self.depthwise_conv.weight, self.depthwise_conv.bias,
+                                 padding=(0, pad_f), groups=self.depthwise_conv.groups)
+        x = self.pointwise_conv2(self.activation(self.pointwise_conv1(x)))
+        return bypass + x, cached_left_pad
+
 
 class Conv2dSubsampling(nn.Module):
     """[N, T, in_channels] -> ([N, (T-7)//2, out_channels], lengths (x_lens-7)//2).
@@ -107,3 +122,22 @@ class Conv2dSubsampling(nn.Module):
         x_lens = (x_lens - 7) // 2
         assert x.size(1) == int(x_lens.max()), (x.shape, x_lens)
         return x, x_lens
+
+    def streaming_forward(self, x: Tensor, x_lens: Tensor,
+                          cached_left_pad: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """One chunk (eval): x [N, T, in_channels] holding the chunk plus 13 frames
+        of look-ahead; cached_left_pad from get_init_states() or the previous call.
+        Returns ([N, (T-7)//2 - 3, out_channels], lengths (x_lens-7)//2 - 3, new cache)."""
+        x, cached_left_pad = self.convnext.streaming_forward(self.conv(x.unsqueeze(1)),
+                                                             cached_left_pad)
+        b, c, t, f = x.shape
+        x = self.out_norm(self.out(x.transpose(1, 2).reshape(b, t, c * f)))
+        x_lens = (x_lens - 7) // 2 - self.convnext.padding[0]
+        assert x.size(1) == int(x_lens.max()), (x.shape, x_lens)
+        return x, x_lens, cached_left_pad
+
+    def get_init_states(self, batch_size: int = 1,
+                        device: torch.device = torch.device("cpu")) -> Tensor:
+        """The ConvNeXt's zero left padding [N, layer3_channels, 3, out_width]."""
+        return torch.zeros(batch_size, self.layer3_channels, self.convnext.padding[0],
+                           self.out_width, device=device)

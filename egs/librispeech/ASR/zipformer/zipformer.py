@@ -175,6 +175,56 @@ class Zipformer2(nn.Module):
         assert self.output_downsampling_factor == 2, self.output_downsampling_factor
         return x, (x_lens + 1) // 2
 
+    def streaming_forward(self, x: Tensor, x_lens: Tensor, states: List[Tensor],
+                          src_key_padding_mask: Tensor) -> Tuple[Tensor, Tensor, List[Tensor]]:
+        """One chunk of a causal model (eval mode), carrying caches between chunks.
+
+        Args:
+          x: [T, N, encoder_dim[0]], the chunk at 50 Hz (T = chunk size).
+          x_lens: [N] valid frames of the chunk.
+          states: from get_init_states() or the previous call (6 per layer).
+          src_key_padding_mask: [N, left_context_frames[0] + T], True at cache
+            slots not yet filled and at padding.
+        Returns:
+          ([(T+1)//2, N, max(encoder_dim)], lengths (x_lens + 1) // 2, new states).
+        """
+        outputs, new_states, offset = [], [], 0
+        for i, module in enumerate(self.encoders):
+            ds = self.downsampling_factor[i]
+            num = 6 * self.num_encoder_layers[i]
+            x = convert_num_channels(x, self.encoder_dim[i])
+            x, layer_states = module.streaming_forward(
+                x, states=states[offset: offset + num],
+                left_context_len=self.left_context_frames[0] // ds,
+                src_key_padding_mask=src_key_padding_mask[..., ::ds])
+            offset += num
+            outputs.append(x)
+            new_states += layer_states
+        x = self.downsample_output(self._get_full_dim_output(outputs))
+        return x, (x_lens + 1) // 2, new_states
+
+    def get_init_states(self, batch_size: int = 1,
+                        device: torch.device = torch.device("cpu")) -> List[Tensor]:
+        """Zero caches for streaming_forward, 6 per layer (icefall's layout):
+        cached_key [left, N, heads * query_head_dim], cached_nonlin_attn
+        [1, N, left, 3 * dim // 4], cached_val1 and cached_val2
+        [left, N, heads * value_head_dim], cached_conv1 and cached_conv2
+        [N, dim, kernel // 2]; left = left_context_frames[0] // ds of the stack."""
+        states = []
+        for i, ds in enumerate(self.downsampling_factor):
+            dim, heads = self.encoder_dim[i], self.num_heads[i]
+            left = self.left_context_frames[0] // ds
+            for _ in range(self.num_encoder_layers[i]):
+                states += [
+                    torch.zeros(left, batch_size, self.query_head_dim[i] * heads, device=device),
+                    torch.zeros(1, batch_size, left, 3 * dim // 4, device=device),
+                    torch.zeros(left, batch_size, self.value_head_dim[i] * heads, device=device),
+                    torch.zeros(left, batch_size, self.value_head_dim[i] * heads, device=device),
+                    torch.zeros(batch_size, dim, self.cnn_module_kernel[i] // 2, device=device),
+                    torch.zeros(batch_size, dim, self.cnn_module_kernel[i] // 2, device=device),
+                ]
+        return states
+
     def _get_attn_mask(self, x: Tensor, chunk_size: int,
                        left_context_chunks: int) -> Optional[Tensor]:
         """[T, T] bool (target, source), True where masked: sources in later
@@ -325,6 +375,51 @@ class Zipformer2EncoderLayer(nn.Module):
         src = self.bypass(src_orig, src)
         return self.whiten(self.balancer2(src))
 
+    def streaming_forward(self, src: Tensor, pos_emb: Tensor, cached_key: Tensor,
+                          cached_nonlin_attn: Tensor, cached_val1: Tensor, cached_val2: Tensor,
+                          cached_conv1: Tensor, cached_conv2: Tensor, left_context_len: int,
+                          src_key_padding_mask: Tensor) -> Tuple[Tensor, ...]:
+        """One chunk of a causal model, in eval mode.
+
+        Args:
+          src: [T, N, C], the chunk.
+          pos_emb: [1, left_context_len + 2T - 1, pos_dim].
+          cached_*: this layer's caches (see Zipformer2.get_init_states).
+          src_key_padding_mask: [N, left_context_len + T], True at invalid frames.
+        Returns:
+          (output [T, N, C], then the six updated caches in the same order).
+        """
+        src_orig = src
+        chunk_mask = src_key_padding_mask[:, left_context_len:]
+        attn_weights, cached_key = self.self_attn_weights.streaming_forward(
+            src, pos_emb=pos_emb, cached_key=cached_key, left_context_len=left_context_len,
+            key_padding_mask=src_key_padding_mask)
+        src = src + self.feed_forward1(src)
+        na, cached_nonlin_attn = self.nonlin_attention.streaming_forward(
+            src, attn_weights[0:1], cached_x=cached_nonlin_attn, left_context_len=left_context_len)
+        src = src + na
+        self_attn, cached_val1 = self.self_attn1.streaming_forward(
+            src, attn_weights=attn_weights, cached_val=cached_val1,
+            left_context_len=left_context_len)
+        src = src + self_attn
+        conv, cached_conv1 = self.conv_module1.streaming_forward(src, cache=cached_conv1,
+                                                                 src_key_padding_mask=chunk_mask)
+        src = src + conv
+        src = src + self.feed_forward2(src)
+        src = self.bypass_mid(src_orig, src)
+
+        self_attn, cached_val2 = self.self_attn2.streaming_forward(
+            src, attn_weights=attn_weights, cached_val=cached_val2,
+            left_context_len=left_context_len)
+        src = src + self_attn
+        conv, cached_conv2 = self.conv_module2.streaming_forward(src, cache=cached_conv2,
+                                                                 src_key_padding_mask=chunk_mask)
+        src = src + conv
+        src = src + self.feed_forward3(src)
+        src = self.bypass(src_orig, self.norm(src))
+        return (src, cached_key, cached_nonlin_attn, cached_val1, cached_val2, cached_conv1,
+                cached_conv2)
+
 
 class Zipformer2Encoder(nn.Module):
     """num_layers copies of `encoder_layer` sharing one positional encoding.
@@ -362,6 +457,20 @@ class Zipformer2Encoder(nn.Module):
                            src_key_padding_mask=src_key_padding_mask)
             output = output * feature_mask
         return output
+
+    def streaming_forward(self, src: Tensor, states: List[Tensor], left_context_len: int,
+                          src_key_padding_mask: Tensor) -> Tuple[Tensor, List[Tensor]]:
+        """One chunk: src [T, N, C]; states: 6 per layer; src_key_padding_mask
+        [N, left_context_len + T]. Returns ([T, N, C], the updated states)."""
+        pos_emb = self.encoder_pos(src, left_context_len)
+        output = src
+        new_states = []
+        for i, layer in enumerate(self.layers):
+            output, *layer_states = layer.streaming_forward(
+                output, pos_emb, *states[6 * i: 6 * (i + 1)], left_context_len=left_context_len,
+                src_key_padding_mask=src_key_padding_mask)
+            new_states += layer_states
+        return output, new_states
 
 
 class BypassModule(nn.Module):
@@ -430,6 +539,17 @@ class DownsampledZipformer2Encoder(nn.Module):
                            src_key_padding_mask=src_key_padding_mask)
         src = self.upsample(src)[: src_orig.shape[0]]
         return self.out_combiner(src_orig, src)
+
+    def streaming_forward(self, src: Tensor, states: List[Tensor], left_context_len: int,
+                          src_key_padding_mask: Tensor) -> Tuple[Tensor, List[Tensor]]:
+        """One chunk, as Zipformer2Encoder.streaming_forward but at the lower rate
+        (left_context_len and the mask are at that rate already)."""
+        src_orig = src
+        src, new_states = self.encoder.streaming_forward(
+            self.downsample(src), states=states, left_context_len=left_context_len,
+            src_key_padding_mask=src_key_padding_mask)
+        src = self.upsample(src)[: src_orig.shape[0]]
+        return self.out_combiner(src_orig, src), new_states
 
 
 class SimpleDownsample(nn.Module):
@@ -560,22 +680,11 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
         Returns:
           [num_heads, N, T, T] weights over sources (last dim sums to 1).
         """
-        x = self.in_proj(x)
         seq_len, batch_size, _ = x.shape
-        H, dq, dp = self.num_heads, self.query_head_dim, self.pos_head_dim
-        q = x[..., : H * dq]
-        k = self.whiten_keys(self.balance_keys(x[..., H * dq: 2 * H * dq]))
-        p = x[..., 2 * H * dq:]
-        q = q.reshape(seq_len, batch_size, H, dq).permute(2, 1, 0, 3)  # [H, N, T, dq]
-        p = p.reshape(seq_len, batch_size, H, dp).permute(2, 1, 0, 3)  # [H, N, T, dp]
-        k = k.reshape(seq_len, batch_size, H, dq).permute(2, 1, 3, 0)  # [H, N, dq, T]
-        attn_scores = q @ k
-
-        if not self.training or random.random() >= float(self.pos_emb_skip_rate):
-            pos = self.linear_pos(pos_emb)
-            pos = pos.reshape(-1, 2 * seq_len - 1, H, dp).permute(2, 0, 3, 1)  # [H, 1, dp, 2T-1]
-            pos_scores = (p @ pos).contiguous()  # [H, N, T, 2T-1], last dim: offset + T - 1
-            attn_scores = attn_scores + _rel_to_abs(pos_scores)
+        q, k, p = self._split(self.in_proj(x))
+        k = self.whiten_keys(self.balance_keys(k))
+        use_pos = not self.training or random.random() >= float(self.pos_emb_skip_rate)
+        attn_scores = self._scores(q, k, p, pos_emb if use_pos else None)
 
         if self.training and random.random() < 0.1:
             # A failsafe against implausibly large scores.
@@ -590,17 +699,68 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
         attn_weights = attn_scores.softmax(dim=-1)
         return nn.functional.dropout(attn_weights, p=self.dropout, training=self.training)
 
+    def streaming_forward(self, x: Tensor, pos_emb: Tensor, cached_key: Tensor,
+                          left_context_len: int,
+                          key_padding_mask: Tensor) -> Tuple[Tensor, Tensor]:
+        """One chunk (eval only).
 
-def _rel_to_abs(pos_scores: Tensor) -> Tensor:
-    """[H, N, T, 2T-1] scores by relative offset (index offset + T - 1) ->
-    [H, N, T, T] by source: out[..., i, j] = pos_scores[..., i, (T - 1) - i + j]."""
+        Args:
+          x: [T, N, embed_dim], the chunk.
+          pos_emb: [1, left_context_len + 2T - 1, pos_dim].
+          cached_key: [left_context_len, N, num_heads * query_head_dim], earlier keys.
+          key_padding_mask: [N, left_context_len + T], True at invalid sources.
+        Returns:
+          (weights [num_heads, N, T, left_context_len + T], the new key cache).
+        """
+        q, k, p = self._split(self.in_proj(x))
+        assert cached_key.shape[0] == left_context_len, (cached_key.shape, left_context_len)
+        k = torch.cat([cached_key, k], dim=0)
+        attn_scores = self._scores(q, k, p, pos_emb)
+        attn_scores = attn_scores.masked_fill(key_padding_mask.unsqueeze(1), -1000)
+        return attn_scores.softmax(dim=-1), k[-left_context_len:]
+
+    def _split(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """in_proj output -> queries, keys, position queries."""
+        qk_dim = self.num_heads * self.query_head_dim
+        return x[..., :qk_dim], x[..., qk_dim: 2 * qk_dim], x[..., 2 * qk_dim:]
+
+    def _scores(self, q: Tensor, k: Tensor, p: Tensor, pos_emb: Optional[Tensor]) -> Tensor:
+        """q [T, N, H*dq], k [S, N, H*dq], p [T, N, H*dp], pos_emb [1, S+T-1, pos_dim]
+        (or None: content only) -> scores [H, N, T, S]."""
+        (T, N, _), S = q.shape, k.shape[0]
+        H, dq, dp = self.num_heads, self.query_head_dim, self.pos_head_dim
+        q = q.reshape(T, N, H, dq).permute(2, 1, 0, 3)  # [H, N, T, dq]
+        k = k.reshape(S, N, H, dq).permute(2, 1, 3, 0)  # [H, N, dq, S]
+        scores = q @ k
+        if pos_emb is not None:
+            p = p.reshape(T, N, H, dp).permute(2, 1, 0, 3)  # [H, N, T, dp]
+            pos = self.linear_pos(pos_emb)
+            pos = pos.reshape(-1, pos_emb.shape[1], H, dp).permute(2, 0, 3, 1)  # [H, 1, dp, S+T-1]
+            scores = scores + _rel_to_abs((p @ pos).contiguous(), S)
+        return scores
+
+
+def _rel_to_abs(pos_scores: Tensor, num_src: int) -> Tensor:
+    """[H, N, T, num_src+T-1] scores by relative offset -> [H, N, T, num_src] by source.
+
+    Index r of the last input dim holds offset r - (num_src - 1) (source minus
+    target, sources counted from the first cached frame), so
+    out[..., i, j] = pos_scores[..., i, (T - 1) - i + j].
+    """
     H, N, T, _ = pos_scores.shape
     if torch.jit.is_tracing():  # exportable: a gather instead of a strided view
-        index = (torch.arange(T - 1, -1, -1).unsqueeze(-1) + torch.arange(T)).to(pos_scores.device)
-        return pos_scores.gather(3, index.expand(H, N, T, T))
+        index = (torch.arange(T - 1, -1, -1).unsqueeze(-1) + torch.arange(num_src))
+        return pos_scores.gather(3, index.to(pos_scores.device).expand(H, N, T, num_src))
     s = pos_scores.stride()
-    return pos_scores.as_strided((H, N, T, T), (s[0], s[1], s[2] - s[3], s[3]),
+    return pos_scores.as_strided((H, N, T, num_src), (s[0], s[1], s[2] - s[3], s[3]),
                                  storage_offset=pos_scores.storage_offset() + s[3] * (T - 1))
+
+
+def _attend(attn_weights: Tensor, v: Tensor) -> Tensor:
+    """attn_weights [H, N, T, S] applied to values v [S, N, H * d] -> [T, N, H * d]."""
+    H, N, T, S = attn_weights.shape
+    v = v.reshape(S, N, H, -1).permute(2, 1, 0, 3)
+    return (attn_weights @ v).permute(2, 1, 0, 3).reshape(T, N, -1)
 
 
 class SelfAttention(nn.Module):
@@ -616,13 +776,15 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, attn_weights: Tensor) -> Tensor:
         """x: [T, N, C]; attn_weights: [H, N, T, T]."""
-        seq_len, batch_size, _ = x.shape
-        num_heads = attn_weights.shape[0]
-        assert attn_weights.shape == (num_heads, batch_size, seq_len, seq_len)
-        x = self.in_proj(x).reshape(seq_len, batch_size, num_heads, -1).permute(2, 1, 0, 3)
-        x = attn_weights @ x  # [H, N, T, value_head_dim]
-        x = x.permute(2, 1, 0, 3).reshape(seq_len, batch_size, -1)
-        return self.whiten(self.out_proj(x))
+        return self.whiten(self.out_proj(_attend(attn_weights, self.in_proj(x))))
+
+    def streaming_forward(self, x: Tensor, attn_weights: Tensor, cached_val: Tensor,
+                          left_context_len: int) -> Tuple[Tensor, Tensor]:
+        """One chunk: x [T, N, C], attn_weights [H, N, T, left + T], cached_val
+        [left, N, H * value_head_dim] -> ([T, N, C], the new value cache)."""
+        assert cached_val.shape[0] == left_context_len, (cached_val.shape, left_context_len)
+        v = torch.cat([cached_val, self.in_proj(x)], dim=0)
+        return self.out_proj(_attend(attn_weights, v)), v[-left_context_len:]
 
 
 class FeedforwardModule(nn.Module):
@@ -676,6 +838,20 @@ class NonlinAttention(nn.Module):
         x = (attn_weights @ x).permute(2, 1, 0, 3).reshape(seq_len, batch_size, -1)
         return self.whiten2(self.out_proj(x * y))
 
+    def streaming_forward(self, x: Tensor, attn_weights: Tensor, cached_x: Tensor,
+                          left_context_len: int) -> Tuple[Tensor, Tensor]:
+        """One chunk: x [T, N, C], attn_weights [H, N, T, left + T], cached_x
+        [H, N, left, hidden_channels // H] -> ([T, N, C], the new cache)."""
+        seq_len, batch_size, _ = x.shape
+        s, x, y = self.in_proj(x).chunk(3, dim=2)
+        x = x * self.tanh(s)
+        num_heads = attn_weights.shape[0]
+        x = x.reshape(seq_len, batch_size, num_heads, -1).permute(2, 1, 0, 3)
+        assert cached_x.shape[2] == left_context_len, (cached_x.shape, left_context_len)
+        x = torch.cat([cached_x, x], dim=2)
+        out = (attn_weights @ x).permute(2, 1, 0, 3).reshape(seq_len, batch_size, -1)
+        return self.out_proj(out * y), x[:, :, -left_context_len:]
+
 
 class ConvolutionModule(nn.Module):
     """in_proj -> GLU-like gate (x * sigmoid(s)) -> depthwise conv -> SwooshR -> out_proj.
@@ -723,3 +899,13 @@ class ConvolutionModule(nn.Module):
             x = self.depthwise_conv(x)
         x = self.balancer2(x).permute(2, 0, 1)  # [T, N, C]
         return self.out_proj(self.whiten(x))
+
+    def streaming_forward(self, x: Tensor, cache: Tensor,
+                          src_key_padding_mask: Tensor) -> Tuple[Tensor, Tensor]:
+        """One chunk (causal models): x [T, N, C], cache [N, C, kernel_size // 2],
+        src_key_padding_mask [N, T] -> ([T, N, C], the new cache)."""
+        x, s = self.in_proj(x).chunk(2, dim=2)
+        x = (x * self.sigmoid(s)).permute(1, 2, 0)  # [N, C, T]
+        x = x.masked_fill(src_key_padding_mask.unsqueeze(1), 0.0)
+        x, cache = self.depthwise_conv.streaming_forward(x, cache=cache)
+        return self.out_proj(x.permute(2, 0, 1)), cache
