@@ -290,8 +290,9 @@ def test_balancer_limits_converted_as_icefall(ref):
     for c in cases(ref, "scaling.BalancerFunction"):
         cfg, args = c["module_config"], c["args"]
         g = R.scaling_grad
-        assert g._proportion_positive_to_mean(cfg["min_positive"]) == pytest.approx(args["min_mean"])
-        assert g._proportion_positive_to_mean(cfg["max_positive"]) == pytest.approx(args["max_mean"])
+        to_mean = g._proportion_positive_to_mean
+        assert to_mean(cfg["min_positive"]) == pytest.approx(args["min_mean"])
+        assert to_mean(cfg["max_positive"]) == pytest.approx(args["max_mean"])
         assert g._abs_to_rms(cfg["min_abs"]) == pytest.approx(args["min_rms"])
         assert g._abs_to_rms(cfg["max_abs"]) == pytest.approx(args["max_rms"])
 
@@ -322,8 +323,8 @@ def test_scale_grad_limit_param_value_and_penalty_match_icefall(ref):
     y, grad_in = run_backward(lambda x: g.scale_grad(x, c["args"]["alpha"]), c["x"], c["grad_out"])
     assert torch.equal(y, c["y"]) and torch.allclose(grad_in, c["grad_in"])
     (c,) = cases(ref, "scaling.LimitParamValue")
-    y, grad_in = run_backward(lambda x: g.LimitParamValue.apply(x, c["args"]["min"], c["args"]["max"]),
-                              c["x"], c["grad_out"])
+    lo, hi = c["args"]["min"], c["args"]["max"]
+    y, grad_in = run_backward(lambda x: g.LimitParamValue.apply(x, lo, hi), c["x"], c["grad_out"])
     assert torch.equal(y, c["y"]) and torch.equal(grad_in, c["grad_in"])
     assert not torch.equal(grad_in, c["grad_out"])
     (c,) = cases(ref, "scaling.WithLoss")
@@ -468,7 +469,8 @@ def train_step(model, batch_count: float, seed: int = 0):
     simple, pruned, ctc = model(x, x_lens, y, prune_range=5, am_scale=0.0, lm_scale=0.25)
     losses = [v for v in (simple, pruned, ctc) if v.numel()]
     for v in losses:
-        assert v.ndim == 0 and bool(torch.isfinite(v)) and float(v.detach()) > 0, (simple, pruned, ctc)
+        assert v.ndim == 0 and bool(torch.isfinite(v)), (simple, pruned, ctc)
+        assert float(v.detach()) > 0, (simple, pruned, ctc)
     sum(losses).backward()
     return simple, pruned, ctc
 

@@ -29,10 +29,12 @@ from zipformer import Zipformer2
 # Flags holding comma-separated ints (one per encoder stack, or one for all),
 # with icefall's defaults.
 LIST_FLAGS = {
-    "num_encoder_layers": ("2,2,3,4,3,2", "Number of zipformer encoder layers per stack, comma separated."),
+    "num_encoder_layers": ("2,2,3,4,3,2",
+                           "Number of zipformer encoder layers per stack, comma separated."),
     "downsampling_factor": ("1,2,4,8,4,2", "Downsampling factor for each stack of encoder layers."),
     "feedforward_dim": ("512,768,1024,1536,1024,768",
-                        "Feedforward dimension of the zipformer encoder layers, per stack, comma separated."),
+                        "Feedforward dimension of the zipformer encoder layers, per stack, "
+                        "comma separated."),
     "num_heads": ("4,4,4,8,4,4", "Number of attention heads in the zipformer encoder layers: "
                   "a single int or comma-separated list."),
     "encoder_dim": ("192,256,384,512,384,256",
@@ -321,7 +323,8 @@ def build_model(config: Dict) -> AsrModel:
     if not (c["use_transducer"] or c["use_ctc"]):
         raise ValueError("zipformer model config: use_transducer and use_ctc are both false")
     encoder_dim = max(c["encoder_dim"])
-    encoder_embed = Conv2dSubsampling(in_channels=c["feature_dim"], out_channels=c["encoder_dim"][0],
+    encoder_embed = Conv2dSubsampling(in_channels=c["feature_dim"],
+                                      out_channels=c["encoder_dim"][0],
                                       dropout=ScheduledFloat((0.0, 0.3), (20000.0, 0.1)))
     encoder = Zipformer2(
         output_downsampling_factor=2, downsampling_factor=tuple(c["downsampling_factor"]),

@@ -285,7 +285,8 @@ class ChunkCausalDepthwiseConv1d(nn.Module):
         assert cache.shape[-1] == left_pad, (cache.shape, left_pad)
         x = torch.cat([cache, x], dim=2)
         x_causal = self.causal_conv(x)
-        x_chunk = self.chunkwise_conv(x[..., left_pad:]) * self._get_chunk_scale(x.shape[2] - left_pad)
+        seq_len = x.shape[2] - left_pad
+        x_chunk = self.chunkwise_conv(x[..., left_pad:]) * self._get_chunk_scale(seq_len)
         return x_chunk + x_causal, x[..., x.shape[2] - left_pad:]
 
     def _get_chunk_scale(self, chunk_size: int) -> Tensor:

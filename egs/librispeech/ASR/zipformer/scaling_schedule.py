@@ -16,7 +16,8 @@ class PiecewiseLinear:
 
     def __init__(self, *points: Tuple[float, float]):
         self.pairs = [(float(x), float(y)) for x, y in points]
-        assert self.pairs and all(a[0] < b[0] for a, b in zip(self.pairs, self.pairs[1:])), self.pairs
+        increasing = all(a[0] < b[0] for a, b in zip(self.pairs, self.pairs[1:]))
+        assert self.pairs and increasing, self.pairs
 
     def __call__(self, x: float) -> float:
         pairs = self.pairs
