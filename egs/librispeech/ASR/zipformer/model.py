@@ -9,6 +9,10 @@ The config is a plain JSON-able dict, saved next to the weights so that a
 script can rebuild the model without retyping flags.  The model has a
 transducer head (--use-transducer), a CTC head (--use-ctc), or both.
 
+Causal models (--causal 1) also decode chunk by chunk:
+AsrModel.get_init_states() and AsrModel.streaming_forward(), with
+stack_states()/unstack_states() to batch streams (icefall's streaming_decode.py).
+
 The transducer loss comes from `icefall.rnnt_loss` (the repository root must
 be on sys.path); it is imported on the first training forward, so building
 the model and decoding do not need it.

@@ -142,9 +142,13 @@ class SwooshR(SwooshL):
 
 
 class ActivationDropoutAndLinearFunction(torch.autograd.Function):
-    """linear(dropout(swoosh(x))), saving only x (and the dropout mask) for backprop."""
+    """linear(dropout(swoosh(x))), saving only x (and the dropout mask) for backprop.
+
+    The backward runs under the forward's CUDA autocast state, as icefall's does.
+    """
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str,
                 dropout_p: float, dropout_shared_dim: Optional[int]) -> Tensor:
         mask = None
@@ -162,6 +166,7 @@ class ActivationDropoutAndLinearFunction(torch.autograd.Function):
         return nn.functional.linear(y, weight, bias)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, ans_grad: Tensor):
         x, weight, bias, mask = ctx.saved_tensors
         y = swoosh_forward(x, ctx.activation)

@@ -13,7 +13,9 @@ feed_forward2, bypass_mid, self_attn2, conv_module2, feed_forward3, norm,
 bypass; one set of attention weights (self_attn_weights) feeds all three
 attention modules.  Training adds layer skipping, sequence dropout of whole
 modules, feature masks, and gradient shaping (scaling_grad.py); none of it
-runs in eval mode.  Causal models take chunk-wise masks (simulated streaming).
+runs in eval mode.  Causal models take chunk-wise attention masks and
+chunk-causal convolutions (simulated streaming), or run chunk by chunk with
+caches (streaming_forward / get_init_states).
 Module and parameter names are icefall's, so its checkpoints load with strict=True.
 """
 
@@ -53,7 +55,10 @@ class Zipformer2(nn.Module):
       warmup_batches: layer-skip warm-up, spread over the stacks.
       causal: chunk-causal convolutions; enables chunk_size/left_context_frames.
       chunk_size, left_context_frames: candidates drawn per forward() when
-        causal (-1: no chunking / unlimited left context).
+        causal (-1: no chunking / unlimited left context).  To decode, set
+        both to one value each, e.g. ``encoder.chunk_size = (16,)`` and
+        ``encoder.left_context_frames = (64,)`` (streaming_forward uses [0]).
+        With chunk_size -1 a causal model sees the whole utterance.
     """
 
     def __init__(self, output_downsampling_factor: int = 2,
