@@ -39,7 +39,8 @@ def _module_tree(names, shapes, flat) -> nn.Module:
                 module.add_module(part, nn.Module())
             module = module._modules[part]
         numel = torch.Size(shape).numel()
-        module.register_parameter(leaf, nn.Parameter(flat[offset:offset + numel].view(shape).clone()))
+        values = flat[offset:offset + numel].view(shape).clone()
+        module.register_parameter(leaf, nn.Parameter(values))
         offset += numel
     return root
 
@@ -297,10 +298,11 @@ def _train(model, optimizer, scheduler, batches):
 
 
 def test_resume_is_bit_exact():
-    """Save after 13 steps (past threshold estimates at steps 10 and 12 and
-    size updates), load with weights_only=True, continue: equal to no break."""
+    """Save after 13 steps (past the thresholds set at steps 4, 8 and 12 and
+    3 size updates), load with weights_only=True, continue: equal to no break."""
     gen = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(5, 6, generator=gen), torch.randn(5, 3, generator=gen) * (1 + 9 * (i % 7 == 0)))
+    batches = [(torch.randn(5, 6, generator=gen),
+                torch.randn(5, 3, generator=gen) * (10 if i % 7 == 0 else 1))
                for i in range(25)]
 
     def make(model):
@@ -313,7 +315,8 @@ def test_resume_is_bit_exact():
     _train(m1, o1, s1, batches[:13])
     assert "model_norm_threshold" in o1.state[m1.gain]  # the first batch: scalars
     buf = io.BytesIO()
-    torch.save({"model": m1.state_dict(), "optimizer": o1.state_dict(), "scheduler": s1.state_dict()}, buf)
+    torch.save({"model": m1.state_dict(), "optimizer": o1.state_dict(),
+                "scheduler": s1.state_dict()}, buf)
 
     buf.seek(0)
     saved = torch.load(buf, weights_only=True)
