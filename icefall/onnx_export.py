@@ -9,9 +9,10 @@ write the int8 version.
     quantize_int8("encoder.onnx", "encoder.int8.onnx")
 """
 
+import math
 import warnings
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +24,10 @@ OPSET = 17
 def export_graph(module: nn.Module, args: Tuple[Tensor, ...], path: PathLike,
                  input_names: List[str], output_names: List[str],
                  dynamic_axes: Dict[str, Dict[int, str]], opset: int = OPSET) -> None:
-    """torch.onnx.export by tracing `module` (put in eval mode) on `args`."""
+    """torch.onnx.export by tracing `module` (put in eval mode) on `args`;
+    the result passes onnx.checker."""
+    import onnx
+
     module.eval()
     with warnings.catch_warnings():
         # tracer warnings about asserts and Python ints that do not shape the graph
@@ -31,6 +35,7 @@ def export_graph(module: nn.Module, args: Tuple[Tensor, ...], path: PathLike,
         torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
                           input_names=input_names, output_names=output_names,
                           dynamic_axes=dynamic_axes)
+    onnx.checker.check_model(onnx.load(str(path)))
 
 
 def add_metadata(path: PathLike, meta: Dict[str, object]) -> None:
@@ -60,24 +65,21 @@ def run_onnx(path: PathLike, feeds: Dict[str, Tensor]) -> List[Tensor]:
     return [torch.from_numpy(a) for a in outs]
 
 
-def check_close(got: Sequence[Tensor], want: Sequence[Tensor], what: str,
-                rtol: float = 1e-4) -> None:
-    """Raise RuntimeError unless each pair has the same shape and
-    max|got - want| <= rtol * max(1, max|want|)."""
-    if isinstance(got, Tensor):
-        got, want = [got], [want]
-    for i, (g, w) in enumerate(zip(got, want)):
-        g, w = g.detach().cpu(), w.detach().cpu()
-        if g.shape != w.shape:
-            raise RuntimeError(f"{what}: output {i} has shape {tuple(g.shape)}, "
-                               f"PyTorch gives {tuple(w.shape)}")
-        if not g.is_floating_point():
-            if not torch.equal(g.to(w.dtype), w):
-                raise RuntimeError(f"{what}: output {i} differs from PyTorch's")
-            continue
-        err = (g.float() - w.float()).abs().max().item() if g.numel() else 0.0
-        if err > rtol * max(1.0, w.abs().max().item() if w.numel() else 0.0):
-            raise RuntimeError(f"{what}: output {i} differs from PyTorch's by {err:.3g}")
+@torch.no_grad()
+def check_close(got, want, what: str, rtol: float = 1e-4) -> None:
+    """Raise RuntimeError if tensors (or tuples/lists of them) differ in shape,
+    dtype, or by more than rtol relative to the largest |want|."""
+    got = got if isinstance(got, (tuple, list)) else (got,)
+    want = want if isinstance(want, (tuple, list)) else (want,)
+    for g, w in zip(got, want):
+        if g.shape != w.shape or g.dtype != w.dtype:
+            raise RuntimeError(f"{what}: shape/dtype {g.shape} {g.dtype} != {w.shape} {w.dtype}")
+        if g.is_floating_point():
+            tol = rtol * max(float(w.abs().max()), 1e-6)
+            if not torch.allclose(g, w, rtol=rtol, atol=tol):
+                raise RuntimeError(f"{what}: max abs diff {float((g - w).abs().max())} > {tol}")
+        elif not torch.equal(g, w):
+            raise RuntimeError(f"{what}: {g} != {w}")
 
 
 def quantize_int8(src: PathLike, dst: PathLike) -> None:
@@ -93,12 +95,13 @@ def quantize_int8(src: PathLike, dst: PathLike) -> None:
     onnx.checker.check_model(onnx.load(str(dst)))
 
 
-def example_features(num_features: int, lens: Sequence[int], seed: int = 0) -> Tuple[Tensor, Tensor]:
-    """Random fbank-like input [N, max(lens), F] padded with log(1e-10), and lens [N]."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(len(lens), max(lens), num_features, generator=gen)
+def example_features(num_features: int, lens: Sequence[int]) -> Tuple[Tensor, Tensor]:
+    """Random features [N, max(lens), F] padded with log(1e-10), as pretrained.py
+    pads, and lens [N] int64 (seeded by sum(lens))."""
+    g = torch.Generator().manual_seed(sum(lens))
+    x = torch.full((len(lens), max(lens), num_features), math.log(1e-10))
     for i, n in enumerate(lens):
-        x[i, n:] = -23.025850929940457
+        x[i, :n] = torch.randn(n, num_features, generator=g)
     return x, torch.tensor(lens, dtype=torch.int64)
 
 
@@ -126,12 +129,14 @@ class OnnxJoiner(nn.Module):
 
 
 def export_decoder_and_joiner(model: nn.Module, decoder_path: PathLike, joiner_path: PathLike,
-                              opset: int = OPSET, rtol: float = 1e-4) -> None:
+                              opset: int = OPSET, reference: Optional[nn.Module] = None,
+                              rtol: float = 1e-4) -> None:
     """decoder.onnx (y [N, context_size] int64 -> decoder_out [N, J]) and
     joiner.onnx (encoder_out, decoder_out [N, J] -> logit [N, vocab]) of a
     transducer (interfaces.md: model.decoder, model.joiner), with sherpa-onnx's
-    metadata (context_size, vocab_size, blank_id; joiner_dim), checked
-    against PyTorch."""
+    metadata (context_size, vocab_size, blank_id; joiner_dim), checked with
+    onnxruntime against `reference` (default: `model`; e.g. the model before
+    its modules were swapped for exportable ones)."""
     decoder, joiner = OnnxDecoder(model).eval(), OnnxJoiner(model).eval()
     c, vocab_size = model.decoder.context_size, model.decoder.vocab_size
     joiner_dim = model.joiner.output_linear.in_features
@@ -145,9 +150,11 @@ def export_decoder_and_joiner(model: nn.Module, decoder_path: PathLike, joiner_p
                                 "blank_id": model.decoder.blank_id})
     add_metadata(joiner_path, {"joiner_dim": joiner_dim})
 
+    reference = (reference or model).eval()
     with torch.no_grad():
         y = torch.randint(-1, vocab_size, (7, c), generator=torch.Generator().manual_seed(0))
-        check_close(run_onnx(decoder_path, {"y": y}), [decoder(y)], str(decoder_path), rtol)
+        check_close(run_onnx(decoder_path, {"y": y}), OnnxDecoder(reference)(y),
+                    str(decoder_path), rtol)
         e, d = torch.randn(5, joiner_dim), torch.randn(5, joiner_dim)
         check_close(run_onnx(joiner_path, {"encoder_out": e, "decoder_out": d}),
-                    [model.joiner(e, d, project_input=False)], str(joiner_path), rtol)
+                    reference.joiner(e, d, project_input=False), str(joiner_path), rtol)
