@@ -25,7 +25,12 @@ REF = Path(__file__).resolve().parent / "data" / "icefall_scaled_adam_ref.pt"
 
 @pytest.fixture(scope="module")
 def ref():
-    return torch.load(REF, weights_only=True)
+    """The optimizer runs' data; the initial parameters are the small
+    reference model's weights (stored once, in icefall_zipformer_small.pt)."""
+    data = torch.load(REF, weights_only=True)
+    weights = torch.load(REF.with_name("icefall_zipformer_small.pt"), weights_only=True)["model"]
+    data["initial_params"] = torch.cat([weights[n].flatten() for n in data["param_names_in_order"]])
+    return data
 
 
 def _module_tree(names, shapes, flat) -> nn.Module:
