@@ -33,46 +33,33 @@ from zipformer import Zipformer2
 # Flags holding comma-separated ints (one per encoder stack, or one for all),
 # with icefall's defaults.
 LIST_FLAGS = {
-    "num_encoder_layers": ("2,2,3,4,3,2",
-                           "Number of zipformer encoder layers per stack, comma separated."),
-    "downsampling_factor": ("1,2,4,8,4,2", "Downsampling factor for each stack of encoder layers."),
-    "feedforward_dim": ("512,768,1024,1536,1024,768",
-                        "Feedforward dimension of the zipformer encoder layers, per stack, "
-                        "comma separated."),
-    "num_heads": ("4,4,4,8,4,4", "Number of attention heads in the zipformer encoder layers: "
-                  "a single int or comma-separated list."),
-    "encoder_dim": ("192,256,384,512,384,256",
-                    "Embedding dimension in encoder stacks: a single int or comma-separated list."),
-    "query_head_dim": ("32", "Query/key dimension per head in encoder stacks: a single int or "
-                       "comma-separated list."),
-    "value_head_dim": ("12", "Value dimension per head in encoder stacks: a single int or "
-                       "comma-separated list."),
-    "pos_head_dim": ("4", "Positional-encoding dimension per head in encoder stacks: a single "
-                     "int or comma-separated list."),
+    "num_encoder_layers": ("2,2,3,4,3,2", "layers in each encoder stack"),
+    "downsampling_factor": ("1,2,4,8,4,2", "frame-rate reduction of each stack, relative to 50 Hz"),
+    "feedforward_dim": ("512,768,1024,1536,1024,768", "feed-forward hidden size, per stack"),
+    "num_heads": ("4,4,4,8,4,4", "attention heads, per stack (or one value for all)"),
+    "encoder_dim": ("192,256,384,512,384,256", "model width of each stack (or one value for all)"),
+    "query_head_dim": ("32", "query/key size of one attention head, per stack or one for all"),
+    "value_head_dim": ("12", "value size of one attention head, per stack or one for all"),
+    "pos_head_dim": ("4", "positional-score size of one attention head, per stack or one for all"),
     "encoder_unmasked_dim": ("192,192,256,256,256,192",
-                             "Unmasked dimensions in the encoders, relates to augmentation during "
-                             "training. A single int or comma-separated list. Must be <= each "
-                             "corresponding encoder_dim."),
-    "cnn_module_kernel": ("31,31,15,15,15,31", "Sizes of convolutional kernels in convolution "
-                          "modules in each encoder stack: a single int or comma-separated list."),
-    "chunk_size": ("16,32,64,-1", "Chunk sizes (at 50Hz frame rate) will be chosen randomly from "
-                   "this list during training. Must be just -1 if --causal=False"),
-    "left_context_frames": ("64,128,256,-1", "Maximum left-contexts for causal training, measured "
-                            "in frames which will be converted to a number of chunks. If "
-                            "splitting into chunks, chunk left-context frames will be chosen "
-                            "randomly from this list; else not relevant."),
+                             "leading channels of each stack never masked by the training-time "
+                             "feature masking; each must be <= that stack's --encoder-dim"),
+    "cnn_module_kernel": ("31,31,15,15,15,31", "depthwise convolution kernel size, per stack"),
+    "chunk_size": ("16,32,64,-1", "causal models: chunk sizes in 50 Hz frames, one drawn per "
+                   "training batch (-1: whole utterance); must be -1 when not causal"),
+    "left_context_frames": ("64,128,256,-1", "causal models: left context in 50 Hz frames, one "
+                            "drawn per chunked training batch (-1: unlimited)"),
 }
 INT_FLAGS = {
-    "pos_dim": (48, "Positional-encoding embedding dimension"),
-    "decoder_dim": (512, "Embedding dimension in the decoder model."),
-    "joiner_dim": (512, "Dimension used in the joiner model. Outputs from the encoder and "
-                   "decoder model are projected to this dimension before adding."),
-    "context_size": (2, "The context size in the decoder. 1 means bigram; 2 means tri-gram"),
+    "pos_dim": (48, "size of the relative positional encoding"),
+    "decoder_dim": (512, "embedding size of the stateless decoder"),
+    "joiner_dim": (512, "size the joiner projects encoder and decoder outputs to before adding"),
+    "context_size": (2, "tokens of left context the decoder sees (2: a trigram-like decoder)"),
 }
 BOOL_FLAGS = {
-    "causal": (False, "If True, use causal version of model."),
-    "use_transducer": (True, "If True, use Transducer head."),
-    "use_ctc": (False, "If True, use CTC head."),
+    "causal": (False, "build the causal (streaming) encoder"),
+    "use_transducer": (True, "give the model a transducer head"),
+    "use_ctc": (False, "give the model a CTC head"),
 }
 FEATURE_DIM = 80
 CONFIG_KEYS = ("feature_dim", *LIST_FLAGS, *INT_FLAGS, *BOOL_FLAGS, "vocab_size", "blank_id")
