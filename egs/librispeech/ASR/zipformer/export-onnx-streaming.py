@@ -31,7 +31,6 @@ files as they were.  Each graph is checked against PyTorch with onnxruntime.
 """
 
 import argparse
-import importlib.util
 import logging
 import os
 import shutil
@@ -55,19 +54,12 @@ from icefall.tokens import TokenFileError, read_tokens  # noqa: E402
 from icefall.utils import str2bool  # noqa: E402
 from model import add_model_arguments  # noqa: E402
 from scaling import SwooshL  # noqa: E402
+from streaming_decode import import_export_onnx  # noqa: E402
 
 PAD_FRAMES = 7 + 2 * 3  # look-ahead of the subsampling (Conv2d + ConvNeXt)
 STATE_NAMES = ("cached_key", "cached_nonlin_attn", "cached_val1", "cached_val2",
                "cached_conv1", "cached_conv2")
 BATCH_DIM = (1, 1, 1, 1, 0, 0)
-
-
-def _offline_export_module():
-    """export-onnx.py (a file name Python cannot import): its model loading and OnnxSwoosh."""
-    spec = importlib.util.spec_from_file_location("zipformer_export_onnx", RECIPE / "export-onnx.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -143,7 +135,7 @@ def for_onnx(model: nn.Module) -> nn.Module:
     """A copy of the model with Swoosh in ONNX-exportable form."""
     import copy
 
-    OnnxSwoosh = _offline_export_module().OnnxSwoosh
+    OnnxSwoosh = import_export_onnx().OnnxSwoosh
     model = copy.deepcopy(model).eval()
     for name, m in list(model.named_modules()):
         if isinstance(m, SwooshL):  # SwooshR is a subclass
@@ -237,7 +229,7 @@ def main(argv: Optional[list] = None) -> int:
         chunk = _single_int("--chunk-size", args.chunk_size)
         left = _single_int("--left-context-frames", args.left_context_frames)
         tokens = read_tokens(args.tokens)
-        model = _offline_export_module().load_model(args, tokens)
+        model = import_export_onnx().load_model(args, tokens)
         set_streaming_config(model, chunk, left)
         out_dir = args.output_dir or args.exp_dir
         paths = export_streaming_onnx(model, out_dir, opset=args.opset, int8=args.int8,
