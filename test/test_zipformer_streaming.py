@@ -373,8 +373,9 @@ LONG_AUDIO_SCRIPT = textwrap.dedent("""
     from icefall.streaming_features import OnlineFeatures
     ckpt = torch.load(sys.argv[3], weights_only=True)
     model = build_model(ckpt["config"]); model.load_state_dict(ckpt["model"]); model.eval()
-    model.encoder.chunk_size, model.encoder.left_context_frames = (32,), (128,)
-    decoder = StreamingDecoder(model, stack_states, unstack_states, chunk_frames=64)
+    # 1.28 s chunks: fewer steps, the same state-carrying code
+    model.encoder.chunk_size, model.encoder.left_context_frames = (64,), (128,)
+    decoder = StreamingDecoder(model, stack_states, unstack_states, chunk_frames=128)
     stream, fbank = decoder.new_stream("long"), OnlineFeatures()
     def rss_mb():
         return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
@@ -409,6 +410,6 @@ def test_ten_minute_wav_streams_in_bounded_memory(checkpoint, tmp_path):
     marks = eval(proc.stdout.strip().splitlines()[-1])
     m2, m10 = marks[2], marks[10]
     print(f"RSS at minute 2: {m2['rss']:.1f} MB, at minute 10: {m10['rss']:.1f} MB")
-    assert m10["state"] == m2["state"] and m10["buffered"] <= 2 * 32 + PAD + 64
+    assert m10["state"] == m2["state"] and m10["buffered"] <= 2 * 64 + PAD + 64
     assert m10["rss"] - m2["rss"] < 15  # MB; the tokens (a few thousand ints) are the only growth
     assert marks["tokens"] > 100
