@@ -182,11 +182,40 @@ def test_state_shapes_are_icefalls(model):
 
 
 @pytest.fixture(scope="module")
-def onnx_export(model, tmp_path_factory):
+def checkpoint(model, tmp_path_factory):
+    d = tmp_path_factory.mktemp("stream-exp")
+    torch.save({"model": model.state_dict(), "config": model.config}, d / "pretrained.pt")
+    return SimpleNamespace(dir=d, path=d / "pretrained.pt", tokens=tokens_file(d / "tokens.txt"))
+
+
+@pytest.fixture(scope="module")
+def onnx_export(checkpoint, tmp_path_factory):
+    """export-onnx-streaming.py run on the saved model (its config in the file)."""
     out = tmp_path_factory.mktemp("onnx-streaming")
-    tokens = tokens_file(out / "tokens-src.txt")
-    paths = R.export_streaming.export_streaming_onnx(model, out, int8=True, tokens=tokens)
+    argv = ["--checkpoint", str(checkpoint.path), "--tokens", str(checkpoint.tokens),
+            "--output-dir", str(out), "--chunk-size", "16", "--left-context-frames", "64"]
+    assert R.export_streaming.main(argv) == 0
+    paths = {"tokens": out / "tokens.txt"}
+    for name in ("encoder", "decoder", "joiner"):
+        paths[name] = out / f"{name}-chunk-16-left-64.onnx"
+        paths[f"{name}.int8"] = out / f"{name}-chunk-16-left-64.int8.onnx"
     return paths
+
+
+def test_export_refuses_several_chunk_sizes_and_non_causal_models(checkpoint, model, tmp_path,
+                                                                  capsys):
+    argv = ["--checkpoint", str(checkpoint.path), "--tokens", str(checkpoint.tokens),
+            "--output-dir", str(tmp_path), "--left-context-frames", "64"]
+    assert R.export_streaming.main(argv + ["--chunk-size", "16,32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --chunk-size") and "\n" not in err
+    import copy
+
+    m = copy.deepcopy(model)
+    m.encoder.causal = False
+    with pytest.raises(ValueError, match="not causal"):
+        R.export_streaming.export_streaming_onnx(m, tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_export_has_icefalls_names_metadata_and_nothing_left_over(model, onnx_export):
@@ -212,7 +241,7 @@ def test_export_has_icefalls_names_metadata_and_nothing_left_over(model, onnx_ex
     assert enc.graph.input[-1].type.tensor_type.elem_type == onnx.TensorProto.INT64
     out_dir = onnx_export["encoder"].parent
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(
-        [p.name for p in onnx_export.values()] + ["tokens-src.txt"])  # no temporary folder
+        p.name for p in onnx_export.values())  # and no temporary folder
 
 
 def sherpa_tokens(recognizer, stream):
@@ -259,13 +288,6 @@ def test_sherpa_onnx_online_recognizer_gives_our_streaming_tokens(model, onnx_ex
 
 # ----------------------------------------------------------------------------
 # The microphone mode and the scripts
-
-
-@pytest.fixture(scope="module")
-def checkpoint(model, tmp_path_factory):
-    d = tmp_path_factory.mktemp("stream-exp")
-    torch.save({"model": model.state_dict(), "config": model.config}, d / "pretrained.pt")
-    return SimpleNamespace(dir=d, path=d / "pretrained.pt", tokens=tokens_file(d / "tokens.txt"))
 
 
 def write_wav(path: Path, wave: np.ndarray) -> Path:

@@ -49,6 +49,9 @@ from icefall.streaming_search import SEARCH_METHODS  # noqa: E402
 from icefall.tokens import SymbolTable, TokenFileError, read_tokens  # noqa: E402
 from icefall.utils import setup_logger  # noqa: E402
 from icefall.wer import store_transcripts, write_error_stats, write_wer_summary  # noqa: E402
+import model as recipe_model  # noqa: E402
+import scaling as recipe_scaling  # noqa: E402
+import zipformer as recipe_zipformer  # noqa: E402
 from model import add_model_arguments, stack_states, unstack_states  # noqa: E402
 
 PAD_FRAMES = 7 + 2 * 3  # look-ahead of the subsampling (Conv2d + ConvNeXt)
@@ -86,11 +89,7 @@ def import_export_onnx():
     modules of the same names are loaded: its load_model and OnnxSwoosh."""
     import importlib.util
 
-    import model
-    import scaling
-    import zipformer
-
-    mine = {"model": model, "scaling": scaling, "zipformer": zipformer}
+    mine = {"model": recipe_model, "scaling": recipe_scaling, "zipformer": recipe_zipformer}
     saved = {name: sys.modules.get(name) for name in mine}
     sys.modules.update(mine)
     try:
