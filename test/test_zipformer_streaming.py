@@ -192,6 +192,7 @@ def checkpoint(model, tmp_path_factory):
 def onnx_export(checkpoint, tmp_path_factory):
     """export-onnx-streaming.py run on the saved model (its config in the file)."""
     out = tmp_path_factory.mktemp("onnx-streaming")
+    (out / ".export-onnx-streaming-999999999-abc").mkdir()  # a killed run's (no such pid)
     argv = ["--checkpoint", str(checkpoint.path), "--tokens", str(checkpoint.tokens),
             "--output-dir", str(out), "--chunk-size", "16", "--left-context-frames", "64"]
     assert R.export_streaming.main(argv) == 0

@@ -54,7 +54,7 @@ from icefall.tokens import TokenFileError, read_tokens  # noqa: E402
 from icefall.utils import str2bool  # noqa: E402
 from model import add_model_arguments  # noqa: E402
 from scaling import SwooshL  # noqa: E402
-from streaming_decode import import_export_onnx  # noqa: E402
+from streaming_decode import import_export_onnx, set_streaming, single_int  # noqa: E402
 
 PAD_FRAMES = 7 + 2 * 3  # look-ahead of the subsampling (Conv2d + ConvNeXt)
 STATE_NAMES = ("cached_key", "cached_nonlin_attn", "cached_val1", "cached_val2",
@@ -173,6 +173,27 @@ def export_encoder(model: nn.Module, path: Path, opset: int = OPSET) -> None:
             states_pt, states_ort = list(want[1:]), got[1:]
 
 
+WORK_PREFIX = ".export-onnx-streaming-"
+
+
+def remove_abandoned_work_dirs(out_dir: Path) -> None:
+    """Delete the temporary folders of killed runs (their process is gone)."""
+    for d in out_dir.glob(f"{WORK_PREFIX}*"):
+        pid = d.name[len(WORK_PREFIX):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 def export_streaming_onnx(model: nn.Module, out_dir: Path, opset: int = OPSET, int8: bool = True,
                           tokens: Optional[Path] = None) -> Dict[str, Path]:
     """Write the encoder/decoder/joiner (and int8, tokens.txt) of a causal model
@@ -187,7 +208,8 @@ def export_streaming_onnx(model: nn.Module, out_dir: Path, opset: int = OPSET, i
                          f"got {enc.chunk_size} and {enc.left_context_frames}")
     suffix = f"chunk-{enc.chunk_size[0]}-left-{enc.left_context_frames[0]}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out_dir, prefix=".export-onnx-streaming-"))
+    remove_abandoned_work_dirs(out_dir)
+    work = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{WORK_PREFIX}{os.getpid()}-"))
     try:
         paths = {n: work / f"{n}-{suffix}.onnx" for n in ("encoder", "decoder", "joiner")}
         export_encoder(model, paths["encoder"], opset)
@@ -209,28 +231,15 @@ def export_streaming_onnx(model: nn.Module, out_dir: Path, opset: int = OPSET, i
         shutil.rmtree(work, ignore_errors=True)
 
 
-def set_streaming_config(model: nn.Module, chunk_size: int, left_context_frames: int) -> None:
-    """Make the encoder use one chunk size and left context (50 Hz frames)."""
-    model.encoder.chunk_size = (int(chunk_size),)
-    model.encoder.left_context_frames = (int(left_context_frames),)
-
-
-def _single_int(flag: str, value: str) -> int:
-    parts = str(value).split(",")
-    if len(parts) != 1:
-        raise ValueError(f"{flag} takes one value to export, got {value!r}")
-    return int(parts[0])
-
-
 def main(argv: Optional[list] = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     args = get_parser().parse_args(argv)
     try:
-        chunk = _single_int("--chunk-size", args.chunk_size)
-        left = _single_int("--left-context-frames", args.left_context_frames)
+        chunk = single_int("--chunk-size", args.chunk_size)
+        left = single_int("--left-context-frames", args.left_context_frames)
         tokens = read_tokens(args.tokens)
         model = import_export_onnx().load_model(args, tokens)
-        set_streaming_config(model, chunk, left)
+        set_streaming(model, chunk, left)
         out_dir = args.output_dir or args.exp_dir
         paths = export_streaming_onnx(model, out_dir, opset=args.opset, int8=args.int8,
                                       tokens=args.tokens)
