@@ -142,9 +142,9 @@ def main():
         ms = f"{2 * chunk * 10} ms"
         for batch in (False, True):
             total, med, mx = run_pytorch(model, feats, chunk, batch)
-            what = f"PyTorch, {'all ' + str(len(feats)) + ' streams batched' if batch else '1 stream'}"
-            print(f"| {ms} | {what} | {total / audio:.3f} | {1000 * med:.1f} / {1000 * mx:.1f} ms |",
-                  flush=True)
+            what = f"PyTorch, {f'{len(feats)} streams batched' if batch else '1 stream'}"
+            print(f"| {ms} | {what} | {total / audio:.3f} | "
+                  f"{1000 * med:.1f} / {1000 * mx:.1f} ms |", flush=True)
         if args.sherpa:
             sys.path.insert(0, str(RECIPE))
             import importlib.util
