@@ -67,7 +67,7 @@ def features(wave):
     f = OnlineFeatures()
     f.accept_waveform(wave)
     f.input_finished()
-    return f.pop_frames()
+    return torch.from_numpy(f.pop_frames())
 
 
 def build(chunk: int, left: int, calib: torch.Tensor):

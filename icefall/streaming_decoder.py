@@ -25,8 +25,9 @@ at 100 Hz) and looks ``pad_frames`` further ahead (the subsampling's context,
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -52,9 +53,10 @@ class DecodeStream:
         self.num_input_frames = 0  # real frames accepted (tail padding excluded)
         self.finished = False
 
-    def accept_features(self, frames: Tensor) -> None:
+    def accept_features(self, frames: Union[Tensor, np.ndarray]) -> None:
         """Append frames [T, F] (log-mel, 100 Hz)."""
         assert not self.finished, f"{self.id}: input already finished"
+        frames = torch.as_tensor(frames)
         self.features = torch.cat([self.features, frames.to(self.features.dtype)])
         self.num_input_frames += frames.size(0)
 

@@ -10,13 +10,11 @@ trained on, and exactly what sherpa-onnx's online recognizer computes.
     fbank = OnlineFeatures()
     for samples in microphone:             # float32 in [-1, 1], 16 kHz
         fbank.accept_waveform(samples)
-        new_frames = fbank.pop_frames()    # [n, 80], possibly n = 0
+        new_frames = fbank.pop_frames()    # float32 [n, 80], possibly n = 0
     fbank.input_finished(); last = fbank.pop_frames()
 """
 
 import numpy as np
-import torch
-from torch import Tensor
 
 SAMPLE_RATE = 16000
 NUM_MEL_BINS = 80
@@ -53,8 +51,8 @@ class OnlineFeatures:
     def input_finished(self) -> None:
         self._fbank.input_finished()
 
-    def pop_frames(self) -> Tensor:
-        """The frames [n, 80] computed since the last call; older frames are freed."""
+    def pop_frames(self) -> np.ndarray:
+        """The frames (float32 [n, 80]) computed since the last call; older frames are freed."""
         ready = self._fbank.num_frames_ready
         frames = np.empty((ready - self._popped, NUM_MEL_BINS), dtype=np.float32)
         for i in range(self._popped, ready):
@@ -62,4 +60,4 @@ class OnlineFeatures:
         if ready > self._popped:
             self._fbank.pop(ready - self._popped)  # bounded memory on long input
         self._popped = ready
-        return torch.from_numpy(frames)
+        return frames

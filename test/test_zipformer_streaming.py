@@ -92,7 +92,7 @@ def knf_features(wave: np.ndarray) -> torch.Tensor:
     fbank = OnlineFeatures()
     fbank.accept_waveform(wave)
     fbank.input_finished()
-    return fbank.pop_frames()
+    return torch.from_numpy(fbank.pop_frames())
 
 
 @pytest.fixture(scope="module")
@@ -436,3 +436,53 @@ def test_ten_minute_wav_streams_in_bounded_memory(checkpoint, tmp_path):
     assert m10["state"] == m2["state"] and m10["buffered"] <= 2 * 64 + PAD + 64
     assert m10["rss"] - m2["rss"] < 15  # MB; the tokens (a few thousand ints) are the only growth
     assert marks["tokens"] > 100
+
+
+# ----------------------------------------------------------------------------
+# onnx_pretrained-streaming.py: the export, streamed without torch
+
+ONNX_STREAMING_RUN = textwrap.dedent("""
+    import runpy, sys
+    sys.argv = sys.argv[1:]
+    try:
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    except SystemExit as e:
+        assert not e.code, e.code
+    assert "torch" not in sys.modules, "torch was imported"
+""")
+
+
+def test_onnx_pretrained_streaming_prints_what_the_pytorch_streaming_prints(
+        checkpoint, onnx_export, tmp_path, capsys):
+    wav = write_wav(tmp_path / "b.wav", synthetic_wave(np.random.RandomState(21), 4.0))
+    argv = ["--checkpoint", str(checkpoint.path), "--tokens", str(checkpoint.tokens),
+            "--chunk-size", "16", "--left-context-frames", "64", str(wav)]
+    assert R.streaming_pretrained.main(argv) == 0
+    want = capsys.readouterr().out.splitlines()
+    script = RECIPE / "onnx_pretrained-streaming.py"
+    proc = subprocess.run(
+        [sys.executable, "-c", ONNX_STREAMING_RUN, str(script),
+         "--encoder", str(onnx_export["encoder"]), "--decoder", str(onnx_export["decoder"]),
+         "--joiner", str(onnx_export["joiner"]), "--tokens", str(onnx_export["tokens"]),
+         str(wav)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = proc.stdout.splitlines()
+    assert len(want) >= 4 and got == want
+
+
+def test_onnx_pretrained_streaming_refuses_an_offline_encoder(onnx_export, tmp_path, capsys):
+    import onnx
+
+    m = onnx.load(str(onnx_export["encoder"]))
+    del m.metadata_props[:]
+    onnx.save(m, str(tmp_path / "enc.onnx"))
+    spec = importlib.util.spec_from_file_location("onnx_streaming",
+                                                  RECIPE / "onnx_pretrained-streaming.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    code = script.main(["--encoder", str(tmp_path / "enc.onnx"),
+                        "--decoder", str(onnx_export["decoder"]),
+                        "--joiner", str(onnx_export["joiner"]),
+                        "--tokens", str(onnx_export["tokens"]), "x.wav"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "export-onnx-streaming.py" in err and "\n" not in err
