@@ -331,32 +331,42 @@ def test_streaming_pretrained_bad_file_and_flag(checkpoint, tmp_path, capsys):
     assert "missing.wav" in err and "\n" not in err
 
 
-def test_streaming_decode_script_writes_icefalls_result_files(checkpoint, model, tmp_path):
-    from lhotse import CutSet, Recording, SupervisionSegment
+@pytest.mark.parametrize("method", ["greedy_search", "modified_beam_search"])
+def test_streaming_decode_script_writes_icefalls_result_files(checkpoint, model, tmp_path,
+                                                              method):
+    """Cuts with precomputed features and cuts with audio only, 2 streams at a time."""
+    from lhotse import CutSet, NumpyFilesWriter, Recording, SupervisionSegment
     from lhotse.cut import MonoCut
 
-    from icefall.features import compute_fbank
+    from icefall.features import compute_fbank, make_fbank
     from icefall.tokens import read_tokens
 
     rng = np.random.RandomState(5)
     cuts, feats = [], {}
-    for i in range(5):
-        wave = synthetic_wave(rng, 0.4 + 2 * rng.rand())
-        wav = write_wav(tmp_path / f"c{i}.wav", wave)
-        rec = Recording.from_file(wav, recording_id=f"c{i}")
-        sup = SupervisionSegment(id=f"c{i}", recording_id=f"c{i}", start=0,
-                                 duration=rec.duration, text="T1 T4")
-        cuts.append(MonoCut(id=f"c{i}", start=0, duration=rec.duration, channel=0,
-                            recording=rec, supervisions=[sup]))
-        feats[f"c{i}"] = compute_fbank([rec.load_audio()[0]])[0]
+    with NumpyFilesWriter(str(tmp_path / "feats")) as writer:
+        for i in range(5):
+            wav = write_wav(tmp_path / f"c{i}.wav", synthetic_wave(rng, 0.4 + 2 * rng.rand()))
+            rec = Recording.from_file(wav, recording_id=f"c{i}")
+            sup = SupervisionSegment(id=f"c{i}", recording_id=f"c{i}", start=0,
+                                     duration=rec.duration, text="T1 T4")
+            cut = MonoCut(id=f"c{i}", start=0, duration=rec.duration, channel=0,
+                          recording=rec, supervisions=[sup])
+            if i >= 3:
+                cut = cut.compute_and_store_features(make_fbank(), writer)
+                feats[cut.id] = torch.from_numpy(cut.load_features())
+            else:
+                feats[cut.id] = compute_fbank([rec.load_audio()[0]])[0]
+            cuts.append(cut)
     (tmp_path / "fbank").mkdir()
     CutSet.from_cuts(cuts).to_file(tmp_path / "fbank" / "synth_cuts_test.jsonl.gz")
     argv = ["--checkpoint", str(checkpoint.path), "--tokens", str(checkpoint.tokens),
             "--exp-dir", str(tmp_path / "exp"), "--manifest-dir", str(tmp_path / "fbank"),
-            "--chunk-size", "16", "--left-context-frames", "64", "--num-decode-streams", "2"]
+            "--chunk-size", "16", "--left-context-frames", "64", "--num-decode-streams", "2",
+            "--decoding-method", method]
     assert R.streaming_decode.main(argv) == 0
-    res = tmp_path / "exp" / "streaming" / "greedy_search"
-    suffix = "test-greedy_search-pretrained-chunk-16-left-context-64.txt"
+    res = tmp_path / "exp" / "streaming" / method
+    key = "greedy_search" if method == "greedy_search" else "num_active_paths_4"
+    suffix = f"test-{key}-pretrained-chunk-16-left-context-64.txt"
     for kind in ("recogs", "errs", "wer-summary"):
         assert (res / f"{kind}-{suffix}").is_file(), kind
     hyps = {}
@@ -366,7 +376,7 @@ def test_streaming_decode_script_writes_icefalls_result_files(checkpoint, model,
             hyps[cut_id] = eval(rest[4:])
     table = read_tokens(checkpoint.tokens)
     for cut_id, f in feats.items():
-        assert hyps[cut_id] == table.decode(simulated(model, f, "greedy_search")).split()
+        assert hyps[cut_id] == table.decode(simulated(model, f, method)).split(), cut_id
 
 
 def test_streaming_decode_refuses_a_non_causal_model(tmp_path, capsys):
