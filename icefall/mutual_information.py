@@ -150,28 +150,37 @@ def _alpha(lay: _Layout, px: Tensor, py: Tensor, modified: bool,
 
 def _step_ratios(lay: _Layout, alpha: Tensor, pairs: Tensor,
                  modified: bool) -> Tuple[Tensor, Tensor]:
-    """Share of each destination's alpha that came through each step:
-    ``rx = exp(alpha[s, t] + px[s, t] - alpha[s+1, t])`` (modified: the
-    destination is (s+1, t+1)) and ``ry = exp(alpha[s, t] + py[s, t] -
-    alpha[s, t+1])``, both [R, B, C] at the source cell, in [0, 1].
+    """Share of each destination's alpha that came through each step, both
+    [R, B, C] at the step's source cell, in [0, 1]:
 
-    Why ratios: each is formed from an alpha and the very value it was
-    computed from, so float32 rounding largely cancels (as in k2's
-    backward); exp(alpha + step + beta - total) would subtract independently
-    rounded totals of order |score|, 2-3x less accurate.  Where the
-    destination is unreachable, -inf - -inf = NaN, which the flushed exp
-    turns into 0 along with the underflows.
+        rx[s, t] = exp(alpha[s, t] + px[s, t] - alpha[s+1, t])
+        ry[s, t] = 1 - (the s-step share of (s, t+1))
+
+    (modified: the s-step goes to (s+1, t+1)).  The two shares into a cell
+    sum to one exactly, as in k2's backward: computing ry with its own exp
+    would round the two independently, so a little probability mass would be
+    made or lost at every cell, and over thousands of frames the occupations
+    (the gradients) drift by ~1e-3.  A t-step from a cell that no path
+    reaches, or with py = -inf, gets 0.
+
+    rx is formed from an alpha and the very value it was computed from, so
+    float32 rounding largely cancels.  Where the destination is unreachable,
+    -inf - -inf = NaN, which the flushed exp turns into 0 along with the
+    underflows.
     """
     R, C = lay.R, lay.C
     dr = 2 if modified else 1
     rx = torch.zeros_like(alpha)
-    ry = torch.zeros_like(alpha)
     torch.sub(pairs[:R - dr, :, 0, :C - 1], alpha[dr:, :, 1:],
               out=rx[:R - dr, :, :C - 1])
-    torch.sub(pairs[:R - 1, :, 1], alpha[1:], out=ry[:R - 1])
     mask = torch.empty_like(alpha, dtype=torch.bool)
     _exp_flushed(rx[:R - dr, :, :C - 1], mask[:R - dr, :, :C - 1])
-    _exp_flushed(ry[:R - 1], mask[:R - 1])
+    # The s-step into (s, t+1) starts at (s-1, t+1): same row, one column
+    # left (modified: (s-1, t), one row up and one column left).
+    ry = torch.zeros_like(alpha)
+    torch.sub(1.0, rx[:R - dr, :, :C - 1], out=ry[dr - 1:R - 1, :, 1:])
+    torch.eq(pairs[:, :, 1], NEG_INF, out=mask)
+    ry.masked_fill_(mask, 0.0)
     return rx, ry
 
 
