@@ -19,12 +19,12 @@ each step is two tensor ops on a [B, S+1] row: one ``logaddexp`` (which gives
 The backward pass (run eagerly in the forward, as k2 does, because
 ``return_grad`` needs it there anyway) computes for every cell the share of
 its alpha that came through its s-step, ``exp(alpha + px - alpha[dst])``, in
-one vectorised expression; the t-step gets one minus that share, as in k2, so
-the two shares into a cell sum to one and no probability mass is made or lost.
-It then sweeps the diagonals in reverse in the linear domain: the probability
-of visiting a cell is the sum over its outgoing steps of (probability of the
-destination) x (share).  The gradient of a step is its occupation
-probability.  Autograd never records a graph per cell: the whole computation
+one vectorised expression; the t-step gets one minus that share, as in k2's
+CPU kernel, so the two shares into a cell sum to one and no probability mass
+is made or lost.  It then sweeps the diagonals in reverse in the linear
+domain: the probability of visiting a cell is the sum over its outgoing steps
+of (probability of the destination) x (share).  The gradient of a step is its
+occupation probability.  Autograd never records a graph per cell: the whole computation
 is one :class:`torch.autograd.Function` with a hand-written backward.
 
 Cost at B=16, T=400, S=100 (float32, one CPU core): 2 x 500 diagonals of two
@@ -190,7 +190,7 @@ def _step_ratios(lay: _Layout, alpha: Tensor, pairs: Tensor, shift: Tensor,
         ry[s, t] = 1 - (the s-step share of (s, t+1))
 
     (modified: the s-step goes to (s+1, t+1)).  The two shares into a cell
-    sum to one exactly, as in k2's backward: computing ry with its own exp
+    sum to one exactly, as in k2's CPU backward: computing ry with its own exp
     would round the two independently, so a little probability mass would be
     made or lost at every cell, and over thousands of frames the occupations
     (the gradients) drift by ~1e-3.  A t-step from a cell that no path
