@@ -24,8 +24,9 @@ CPU kernel, so the two shares into a cell sum to one and no probability mass
 is made or lost.  It then sweeps the diagonals in reverse in the linear
 domain: the probability of visiting a cell is the sum over its outgoing steps
 of (probability of the destination) x (share).  The gradient of a step is its
-occupation probability.  Autograd never records a graph per cell: the whole computation
-is one :class:`torch.autograd.Function` with a hand-written backward.
+occupation probability.  Autograd never records a graph per cell: the whole
+computation is one :class:`torch.autograd.Function` with a hand-written
+backward.
 
 Cost at B=16, T=400, S=100 (float32, one CPU core): 2 x 500 diagonals of two
 small ops each plus about twenty [B, S, T]-sized ops, 40-60 ms for forward
