@@ -35,10 +35,12 @@ from typing import Optional
 __all__ = ["DEFAULT_MAX_THREADS", "set_thread_env", "apply_num_threads",
            "usable_cores"]
 
-# Threads used when the user sets none: decode-like work measured no faster
-# with 2 threads than with 1 on a loaded 2-core machine, and much slower when
-# the second core was busy (benchmarks/README.md).
-DEFAULT_MAX_THREADS = 1
+# Threads used when the user sets none (fewer if there are fewer cores).
+# Decode-like work on a 2-core machine shared with other jobs, with passive
+# waiting: 2 threads took 0.75-1.19x the time of 1 (median of three runs
+# 1.06x), and up to 1.5x less when the other core was free; with the
+# default waiting, 8-15x the time (benchmarks/README.md).
+DEFAULT_MAX_THREADS = 2
 
 _ENV_THREADS = "ICEFALL_NUM_THREADS"
 
