@@ -2,6 +2,7 @@
 enumeration of alignments, and self-consistency (pruned = full, batch =
 single utterances)."""
 
+import functools
 import itertools
 import math
 import warnings
@@ -440,14 +441,10 @@ def long_loss_grads(x, function, dtype, delay_penalty, ranges):
     return am.grad, lm.grad
 
 
-@pytest.mark.parametrize("delay_penalty, bound", [(0.0, 1e-4),
-                                                  (0.25, 3.3e-3)])
-def test_float32_gradients_long_match_float64(delay_penalty, bound):
-    """B=2, T=2000, S=300 (C=100): k2's float32 gradients are within 3e-5
-    to 4.6e-4 of float64 at these sizes (3.3e-3 with delay_penalty 0.25).
-    Ours: at most 4.3e-5 (1.2e-3 with the penalty); before the shares
-    summed to one and alpha was renormalised, up to 6.6e-3 (2.4e-2).  The pruned loss uses the
-    float64 smoothed loss's ranges in both dtypes."""
+@functools.lru_cache(maxsize=1)
+def long_problem():
+    """B=2, T=2000, S=300, C=100 inputs (float64 holding float32 values) and
+    the float64 smoothed loss's prune ranges (s_range 5)."""
     B, T, S = 2, 2000, 300
     am, lm, symbols = random_problem(19, B, T, S, C=100)
     x = {"am": am.float().double(), "lm": lm.float().double(),
@@ -457,10 +454,20 @@ def test_float32_gradients_long_match_float64(delay_penalty, bound):
         reduction="sum", return_grad=True)
     ranges = L.get_rnnt_prune_ranges(
         px_grad, py_grad, torch.tensor([[0, 0, S, T]] * B), s_range=5)
-    for function in ("simple", "smoothed", "pruned"):
-        g32 = long_loss_grads(x, function, torch.float32, delay_penalty,
-                              ranges)
-        g64 = long_loss_grads(x, function, torch.float64, delay_penalty,
-                              ranges)
-        for name, ours, ref in zip(("am", "lm"), g32, g64):
-            assert rel_err(ours.double(), ref) < bound, (function, name)
+    return x, ranges
+
+
+@pytest.mark.parametrize("function", ["simple", "smoothed", "pruned"])
+@pytest.mark.parametrize("delay_penalty, bound", [(0.0, 1e-4),
+                                                  (0.25, 3.3e-3)])
+def test_float32_gradients_long_match_float64(function, delay_penalty, bound):
+    """B=2, T=2000, S=300 (C=100): k2's float32 gradients are within 3e-5
+    to 4.6e-4 of float64 at these sizes (3.3e-3 with delay_penalty 0.25).
+    Ours: at most 4.3e-5 (1.2e-3 with the penalty); before the shares
+    summed to one and alpha was renormalised, up to 6.6e-3 (2.4e-2).  The
+    pruned loss uses the float64 smoothed loss's ranges in both dtypes."""
+    x, ranges = long_problem()
+    g32 = long_loss_grads(x, function, torch.float32, delay_penalty, ranges)
+    g64 = long_loss_grads(x, function, torch.float64, delay_penalty, ranges)
+    for name, ours, ref in zip(("am", "lm"), g32, g64):
+        assert rel_err(ours.double(), ref) < bound, name
