@@ -18,7 +18,8 @@ so that only the loss itself is compared.
 
 Usage (from the repository root):
   python benchmarks/loss_precision.py
-  python benchmarks/loss_precision.py --frames 400 --symbols 100 --delay-penalty 0.5
+  python benchmarks/loss_precision.py --frames 400 --symbols 100 \\
+      --delay-penalty 0.5
 """
 
 import argparse
@@ -99,15 +100,27 @@ def mass_defect(x: dict) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--frames", type=int, default=2000)
-    p.add_argument("--symbols", type=int, default=300)
-    p.add_argument("--classes", type=int, default=500)
-    p.add_argument("--s-range", type=int, default=5)
-    p.add_argument("--delay-penalty", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--only", nargs="*", choices=FUNCTIONS)
+    p = argparse.ArgumentParser(
+        description="Float32 accuracy of the RNN-T losses' gradients "
+        "against float64 on long sequences.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--batch", type=int, default=2,
+                   help="B, utterances")
+    p.add_argument("--frames", type=int, default=2000,
+                   help="T, frames")
+    p.add_argument("--symbols", type=int, default=300,
+                   help="S, symbols per utterance")
+    p.add_argument("--classes", type=int, default=500,
+                   help="C, vocabulary size")
+    p.add_argument("--s-range", type=int, default=5,
+                   help="s_range of the pruned loss's ranges")
+    p.add_argument("--delay-penalty", type=float, default=0.0,
+                   help="delay_penalty of the losses (the recursion is "
+                   "skipped when > 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random inputs")
+    p.add_argument("--only", nargs="*", choices=FUNCTIONS,
+                   default=list(FUNCTIONS), help="functions to measure")
     args = p.parse_args()
     torch.set_num_threads(1)
     x = make_inputs(args.batch, args.frames, args.symbols, args.classes,
@@ -116,7 +129,7 @@ def main() -> None:
           f"C={args.classes} delay_penalty={args.delay_penalty} "
           f"seed={args.seed}: max|g32 - g64| / max|g64|")
     ranges = prune_ranges(x, args.s_range)
-    for name in args.only or FUNCTIONS:
+    for name in args.only:
         if name == "recursion" and args.delay_penalty:
             continue  # the recursion takes no penalty
         g32 = gradients(name, x, torch.float32, args.delay_penalty, ranges)

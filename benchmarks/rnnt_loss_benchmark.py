@@ -182,20 +182,30 @@ def parent(args) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", nargs="*", choices=CONFIGS)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--only", nargs="*", choices=CONFIGS,
+                   default=list(CONFIGS), help="configurations to run")
     p.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
     p.add_argument("--baseline", help="a directory holding another version's "
                    "icefall/ to compare with (see above)")
     p.add_argument("--rounds", type=int, default=5,
                    help="with --baseline: runs of each side, taking turns")
-    p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--frames", type=int, default=400)
-    p.add_argument("--symbols", type=int, default=100)
-    p.add_argument("--classes", type=int, default=500)
+    p.add_argument("--runs", type=int, default=5,
+                   help="timed warm runs per configuration (3 at most for "
+                   "full)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch.set_num_threads")
+    p.add_argument("--batch", type=int, default=16,
+                   help="B, utterances")
+    p.add_argument("--frames", type=int, default=400,
+                   help="T, frames")
+    p.add_argument("--symbols", type=int, default=100,
+                   help="S, symbols per utterance")
+    p.add_argument("--classes", type=int, default=500,
+                   help="C, vocabulary size")
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args)))

@@ -13,7 +13,7 @@ ratio to the first setting.
 
 Usage (from the repository root):
   python benchmarks/thread_benchmark.py
-  python benchmarks/thread_benchmark.py --rounds 5 --busy 1   # plus 1 spinning process
+  python benchmarks/thread_benchmark.py --rounds 5 --busy 1  # + 1 spinner
 """
 
 import argparse
@@ -28,8 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "egs" / "librispeech" / "ASR" / "pruned_transducer_stateless3"
 MODEL = ROOT / "test" / "data" / "synth_small" / "pretrained.pt"
-SETTINGS = (("1 thread, default", 1, None), ("1 thread, passive", 1, "passive"),
-            ("2 threads, default", 2, None), ("2 threads, passive", 2, "passive"))
+SETTINGS = (("1 thread, default", 1, None),
+            ("1 thread, passive", 1, "passive"),
+            ("2 threads, default", 2, None),
+            ("2 threads, passive", 2, "passive"))
 
 
 def child(args) -> dict:
