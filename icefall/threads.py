@@ -39,7 +39,7 @@ __all__ = ["DEFAULT_MAX_THREADS", "set_thread_env", "apply_num_threads",
 # Decode-like work on a 2-core machine shared with other jobs, with passive
 # waiting: 2 threads took 0.75-1.19x the time of 1 (median of three runs
 # 1.06x), and up to 1.5x less when the other core was free; with the
-# default waiting, 8-15x the time (benchmarks/README.md).
+# default waiting, 8-11x the time (benchmarks/README.md).
 DEFAULT_MAX_THREADS = 2
 
 _ENV_THREADS = "ICEFALL_NUM_THREADS"

@@ -56,15 +56,15 @@ def test_defaults_set_before_torch_loads():
 
 
 def test_user_settings_are_kept():
-    r = result(OMP_WAIT_POLICY="active", OMP_NUM_THREADS="2")
+    r = result(OMP_WAIT_POLICY="active", OMP_NUM_THREADS="1")
     assert r["policy_before_torch"] == "active"
-    assert r["omp_threads"] == "2"
-    assert r["chosen"] == r["torch_threads"] == 2
+    assert r["omp_threads"] == "1"
+    assert r["chosen"] == r["torch_threads"] == 1
 
 
 def test_icefall_num_threads_wins():
-    r = result(OMP_NUM_THREADS="1", ICEFALL_NUM_THREADS="2")
-    assert r["chosen"] == r["torch_threads"] == 2
+    r = result(OMP_NUM_THREADS="1", ICEFALL_NUM_THREADS="3")
+    assert r["chosen"] == r["torch_threads"] == 3
     assert r["policy_before_torch"] == "passive"
 
 
