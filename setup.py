@@ -16,6 +16,6 @@ setup(
     long_description=(here / "README.md").read_text(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["icefall", "icefall.*"]),
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     install_requires=requirements,
 )

@@ -18,9 +18,15 @@ resident set just before the first run.  The mark is reset through
 /proc/self/clear_refs before the runs, and every configuration runs in its
 own fresh subprocess, so one configuration's peak cannot hide another's.
 
+Before/after in one run: --baseline DIR (a copy of another commit, e.g.
+``git archive <commit> icefall | tar -x -C DIR``) runs every configuration
+--rounds times for DIR's icefall and for this one, taking turns, and prints
+the median over rounds of each side's median and their ratio (this / DIR).
+
 Usage (from the repository root):
   python benchmarks/rnnt_loss_benchmark.py                 # all configurations
   python benchmarks/rnnt_loss_benchmark.py --only recursion pruned
+  python benchmarks/rnnt_loss_benchmark.py --only recursion --baseline /tmp/old
 """
 
 import argparse
@@ -111,7 +117,7 @@ def child(name: str, args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, args.root or str(ROOT))
     run = _make_step(name, args.batch, args.frames, args.symbols,
                      args.classes)
     base_kb = _status_kb("VmRSS")
@@ -133,34 +139,73 @@ def child(name: str, args) -> dict:
     }
 
 
+def run_child(name: str, args, root: Path = ROOT) -> dict:
+    """One configuration in a fresh subprocess, with ``root``'s icefall."""
+    cmd = [sys.executable, __file__, "--child", name,
+           "--runs", str(args.runs if name != "full" else min(args.runs, 3)),
+           "--threads", str(args.threads), "--batch", str(args.batch),
+           "--frames", str(args.frames), "--symbols", str(args.symbols),
+           "--classes", str(args.classes), "--root", str(root)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare(args) -> None:
+    base = Path(args.baseline).resolve()
+    print(f"B={args.batch} T={args.frames} S={args.symbols} "
+          f"C={args.classes} float32, {args.threads} threads; this tree vs "
+          f"{base}, {args.rounds} rounds taking turns, median of the "
+          f"rounds' medians of {args.runs} warm runs")
+    print(f"{'config':<10} {'baseline s':>10} {'this s':>8} {'ratio':>6}")
+    for name in args.only or CONFIGS:
+        times = {"base": [], "this": []}
+        for i in range(args.rounds):
+            order = (("base", base), ("this", ROOT))
+            for side, root in order if i % 2 == 0 else order[::-1]:
+                times[side].append(run_child(name, args, root)["median_s"])
+        b, t = (statistics.median(times[k]) for k in ("base", "this"))
+        print(f"{name:<10} {b:10.3f} {t:8.3f} {t / b:6.2f}", flush=True)
+
+
 def parent(args) -> None:
+    if args.baseline:
+        compare(args)
+        return
     print(f"B={args.batch} T={args.frames} S={args.symbols} "
           f"C={args.classes} float32, {args.threads} threads, "
           f"median of {args.runs} warm runs")
     print(f"{'config':<10} {'median s':>9} {'min s':>8} {'peak extra MB':>14}")
     for name in args.only or CONFIGS:
-        cmd = [sys.executable, __file__, "--child", name,
-               "--runs", str(args.runs if name != "full" else
-                             min(args.runs, 3)),
-               "--threads", str(args.threads), "--batch", str(args.batch),
-               "--frames", str(args.frames), "--symbols", str(args.symbols),
-               "--classes", str(args.classes)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
+        r = run_child(name, args)
         print(f"{name:<10} {r['median_s']:9.3f} {r['min_s']:8.3f} "
               f"{r['peak_extra_mb']:14.0f}", flush=True)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", nargs="*", choices=CONFIGS)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--only", nargs="*", choices=CONFIGS,
+                   default=list(CONFIGS), help="configurations to run")
     p.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)
-    p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--frames", type=int, default=400)
-    p.add_argument("--symbols", type=int, default=100)
-    p.add_argument("--classes", type=int, default=500)
+    p.add_argument("--root", help=argparse.SUPPRESS)
+    p.add_argument("--baseline", help="a directory holding another version's "
+                   "icefall/ to compare with (see above)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="with --baseline: runs of each side, taking turns")
+    p.add_argument("--runs", type=int, default=5,
+                   help="timed warm runs per configuration (3 at most for "
+                   "full)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch.set_num_threads")
+    p.add_argument("--batch", type=int, default=16,
+                   help="B, utterances")
+    p.add_argument("--frames", type=int, default=400,
+                   help="T, frames")
+    p.add_argument("--symbols", type=int, default=100,
+                   help="S, symbols per utterance")
+    p.add_argument("--classes", type=int, default=500,
+                   help="C, vocabulary size")
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args)))

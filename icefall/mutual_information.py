@@ -17,22 +17,29 @@ each step is two tensor ops on a [B, S+1] row: one ``logaddexp`` (which gives
 ``alpha + px`` and ``alpha + py`` for the next diagonal.
 
 The backward pass (run eagerly in the forward, as k2 does, because
-``return_grad`` needs it there anyway) computes for every step the share of
-its destination's alpha that came through it, ``exp(alpha + step -
-alpha[dst])``, in one vectorised expression, then sweeps the diagonals in
-reverse in the linear domain: the probability of visiting a cell is the sum
-over its outgoing steps of (probability of the destination) x (share).  The
-gradient of a step is its occupation probability.  Autograd never records a
-graph per cell: the whole computation is one
-:class:`torch.autograd.Function` with a hand-written backward.
+``return_grad`` needs it there anyway) computes for every cell the share of
+its alpha that came through its s-step, ``exp(alpha + px - alpha[dst])``, in
+one vectorised expression; the t-step gets one minus that share, as in k2's
+CPU kernel, so the two shares into a cell sum to one and no probability mass
+is made or lost.  It then sweeps the diagonals in reverse in the linear
+domain: the probability of visiting a cell is the sum over its outgoing steps
+of (probability of the destination) x (share).  The gradient of a step is its
+occupation probability.  Autograd never records a graph per cell: the whole
+computation is one :class:`torch.autograd.Function` with a hand-written
+backward.
 
 Cost at B=16, T=400, S=100 (float32, one CPU core): 2 x 500 diagonals of two
 small ops each plus about twenty [B, S, T]-sized ops, 40-60 ms for forward
 and backward together (see benchmarks/README.md).
 
-Precision: the shares are formed from an alpha and the very value it was
-computed from, so float32 rounding largely cancels; occupations agree with a
-float64 computation to ~1e-5 (T=80) to ~6e-5 (T=400) of the largest one.
+Precision: alpha reaches ~1e4 on long utterances, where a float32 ulp is
+~1e-3, and each share would inherit that error; so every RENORM_EVERY
+diagonals alpha is shifted by a whole number to keep it small (the shifts are
+added back to the scores in float64).  At B=2, T=2000, S=300 the losses'
+float32 gradients are within ~4e-5 of float64 (1.2e-3 with delay_penalty
+0.25), k2's within 3e-5 to 4.6e-4 (3.3e-3); the recursion on random px, py,
+whose likely paths lie far below each diagonal's maximum, ~5e-5, as k2's way
+of forming the shares gives (benchmarks/README.md, "Float32 precision").
 """
 
 import math
@@ -45,6 +52,10 @@ from torch import Tensor
 __all__ = ["mutual_information_recursion"]
 
 NEG_INF = float("-inf")
+
+# Every this many diagonals, alpha is shifted so that its largest value on
+# the diagonal is 0 (see _alpha).
+RENORM_EVERY = 16
 
 
 class _Layout:
@@ -111,7 +122,7 @@ class _Layout:
 
 
 def _alpha(lay: _Layout, px: Tensor, py: Tensor, modified: bool,
-           start: Tensor) -> Tuple[Tensor, Tensor]:
+           start: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """Forward pass: alpha[s, t], the log-sum of path weights from the start
     to (s, t) (regular shown; modified takes the s-step from (s-1, t-1))::
 
@@ -126,7 +137,20 @@ def _alpha(lay: _Layout, px: Tensor, py: Tensor, modified: bool,
 
     and a start cell, which no path from the start reaches (its logaddexp
     gave -inf), is then set to 0.  Every view is made once by ``unbind``.
-    Returns (alpha [R, B, C], pairs [R, B, 2, C] = alpha + px, alpha + py).
+
+    Renormalisation: every RENORM_EVERY diagonals, each utterance's diagonal
+    is shifted by its maximum, ``shift[r, b]``, so the stored alpha is the
+    true one minus the sum of the shifts so far.  Why: unshifted, alpha
+    reaches ~1e4 on long utterances, where a float32 ulp is ~1e-3, and every
+    step's share in the backward pass (an exp of a difference of alphas)
+    inherits that error; shifted, the values stay within a few hundred.
+    In the modified shape the s-terms of the diagonal before a shifted one
+    are shifted too, as they meet the shifted diagonal's t-terms.  Shifts
+    are whole numbers, so that subtracting them (and adding them back in
+    the backward pass) is exact for values beyond +-1 and adds no rounding.
+
+    Returns (alpha [R, B, C], pairs [R, B, 2, C] = alpha + px, alpha + py,
+    shift [R, B, 1], zero on the diagonals that were not shifted).
     """
     S1 = lay.S + 1
     pairs = lay.pairs(px, py)
@@ -138,40 +162,64 @@ def _alpha(lay: _Layout, px: Tensor, py: Tensor, modified: bool,
     targets = alpha[:, :, 1:1 + S1].unbind(0)
     rows_b = alpha.unsqueeze(2).unbind(0)
     pair_rows = pairs.unbind(0)
+    shift = px.new_zeros((lay.R, lay.B, 1))
+    shift_rows = shift.unbind(0)
+    x_rows = pairs[:, :, 0].unbind(0)
     starts = lay.start_cells(start)
     for r in range(2, lay.last + 1):
         torch.logaddexp(x_terms[r + dr], y_terms[r - 1], out=targets[r])
         cells = starts.get(r)
         if cells is not None:
             targets[r][cells] = 0.0
+        if r % RENORM_EVERY == 0:
+            # A diagonal no path reaches yet (or any more) is left as it is.
+            torch.amax(targets[r], dim=1, keepdim=True, out=shift_rows[r])
+            shift_rows[r].nan_to_num_(neginf=0.0).round_()
+            targets[r].sub_(shift_rows[r])
+            if modified:
+                x_rows[r - 1].sub_(shift_rows[r])
         pair_rows[r].add_(rows_b[r])
-    return alpha, pairs
+    return alpha, pairs, shift
 
 
-def _step_ratios(lay: _Layout, alpha: Tensor, pairs: Tensor,
+def _step_ratios(lay: _Layout, alpha: Tensor, pairs: Tensor, shift: Tensor,
                  modified: bool) -> Tuple[Tensor, Tensor]:
-    """Share of each destination's alpha that came through each step:
-    ``rx = exp(alpha[s, t] + px[s, t] - alpha[s+1, t])`` (modified: the
-    destination is (s+1, t+1)) and ``ry = exp(alpha[s, t] + py[s, t] -
-    alpha[s, t+1])``, both [R, B, C] at the source cell, in [0, 1].
+    """Share of each destination's alpha that came through each step, both
+    [R, B, C] at the step's source cell, in [0, 1]:
 
-    Why ratios: each is formed from an alpha and the very value it was
-    computed from, so float32 rounding largely cancels (as in k2's
-    backward); exp(alpha + step + beta - total) would subtract independently
-    rounded totals of order |score|, 2-3x less accurate.  Where the
-    destination is unreachable, -inf - -inf = NaN, which the flushed exp
-    turns into 0 along with the underflows.
+        rx[s, t] = exp(alpha[s, t] + px[s, t] - alpha[s+1, t])
+        ry[s, t] = 1 - (the s-step share of (s, t+1))
+
+    (modified: the s-step goes to (s+1, t+1)).  The two shares into a cell
+    sum to one exactly, as in k2's CPU backward: computing ry with its own exp
+    would round the two independently, so a little probability mass would be
+    made or lost at every cell, and over thousands of frames the occupations
+    (the gradients) drift by ~1e-3.  A t-step from a cell that no path
+    reaches, or with py = -inf, gets 0.
+
+    rx is formed from an alpha and the very value it was computed from, so
+    float32 rounding largely cancels.  Where the destination is unreachable,
+    -inf - -inf = NaN, which the flushed exp turns into 0 along with the
+    underflows.
+
+    On a shifted diagonal (see _alpha) alpha is first given its shift back
+    (in place), so that it is in the frame of the terms it was computed
+    from.
     """
     R, C = lay.R, lay.C
     dr = 2 if modified else 1
+    alpha[::RENORM_EVERY].add_(shift[::RENORM_EVERY])
     rx = torch.zeros_like(alpha)
-    ry = torch.zeros_like(alpha)
     torch.sub(pairs[:R - dr, :, 0, :C - 1], alpha[dr:, :, 1:],
               out=rx[:R - dr, :, :C - 1])
-    torch.sub(pairs[:R - 1, :, 1], alpha[1:], out=ry[:R - 1])
     mask = torch.empty_like(alpha, dtype=torch.bool)
     _exp_flushed(rx[:R - dr, :, :C - 1], mask[:R - dr, :, :C - 1])
-    _exp_flushed(ry[:R - 1], mask[:R - 1])
+    # The s-step into (s, t+1) starts at (s-1, t+1): same row, one column
+    # left (modified: (s-1, t), one row up and one column left).
+    ry = torch.zeros_like(alpha)
+    torch.sub(1.0, rx[:R - dr, :, :C - 1], out=ry[dr - 1:R - 1, :, 1:])
+    torch.eq(pairs[:, :, 1], NEG_INF, out=mask)
+    ry.masked_fill_(mask, 0.0)
     return rx, ry
 
 
@@ -229,16 +277,27 @@ def _forward(px: Tensor, py: Tensor, boundary: Optional[Tensor],
     modified = px.shape[2] == T
     lay = _Layout(B, S, T)
     start, end = _split_boundary(boundary, B, S, T, px.device)
-    alpha, pairs = _alpha(lay, px, py, modified, start)
-    scores = alpha.view(-1)[lay.flat_index(end[:, 0], end[:, 1])]
+    alpha, pairs, shift = _alpha(lay, px, py, modified, start)
+    scores = _scores(lay, alpha, shift, end)
     _warn_if_impossible(scores)
     if not want_occupation:
         return scores, None
-    return scores, _occupation(lay, px, py, alpha, pairs, end, modified)
+    return scores, _occupation(lay, px, py, alpha, pairs, shift, end,
+                               modified)
+
+
+def _scores(lay: _Layout, alpha: Tensor, shift: Tensor, end: Tensor) -> Tensor:
+    """alpha at each utterance's end cell plus the shifts of its diagonal
+    and of every diagonal before it (summed in float64), [B]."""
+    row = end[:, 0] + end[:, 1] + 2
+    total_shift = shift.squeeze(2).double().cumsum(0)
+    b = torch.arange(lay.B, device=alpha.device)
+    stored = alpha.view(-1)[lay.flat_index(end[:, 0], end[:, 1])]
+    return (stored.double() + total_shift[row, b]).to(alpha.dtype)
 
 
 def _occupation(lay: _Layout, px: Tensor, py: Tensor, alpha: Tensor,
-                pairs: Tensor, end: Tensor,
+                pairs: Tensor, shift: Tensor, end: Tensor,
                 modified: bool) -> Tuple[Tensor, Tensor]:
     """Occupation probabilities of every px and py step, i.e. the gradients
     of ``scores.sum()``: occ[destination] * ratio[step], shaped like px, py.
@@ -247,7 +306,7 @@ def _occupation(lay: _Layout, px: Tensor, py: Tensor, alpha: Tensor,
     """
     B, S, Tx = px.shape
     T = py.shape[2]
-    rx, ry = _step_ratios(lay, alpha, pairs, modified)
+    rx, ry = _step_ratios(lay, alpha, pairs, shift, modified)
     occ = _backward_sweep(lay, rx, ry, end, modified)
     # A px step leads from (s, t) to (s+1, t) (modified: (s+1, t+1)): one
     # (two) diagonals on, one column right; a py step to (s, t+1).
