@@ -57,7 +57,11 @@ class SynthConfig:
     num_train: int = 6000
     num_dev: int = 300
     num_test: int = 300
-    num_words: int = 0  # sentences use only the N most frequent words (0: all)
+    # Sentences use only the N most frequent words (0: all) of the first
+    # vocab_sample_tokens words of the text (all of WordNet): this drops rare
+    # names of plants and animals and keeps everyday words (README.md).
+    num_words: int = 20000
+    vocab_sample_tokens: int = 2_000_000
     min_words: int = 4
     max_words: int = 20
     seed: int = 0
@@ -194,6 +198,7 @@ def plan_corpus(config: SynthConfig, progress: bool = False) -> Tuple[Dict[str, 
     pool, vocab = build_sentence_pool(
         source, total, num_words=config.num_words, min_words=config.min_words,
         max_words=config.max_words, seed=config.seed, progress=progress, exclude=heldout,
+        vocab_sample_tokens=config.vocab_sample_tokens,
     )
     rng = random.Random(f"synth-plan-{config.seed}")
     rng.shuffle(pool)

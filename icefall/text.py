@@ -458,15 +458,24 @@ class WordNetSource:
         if not self.examples:
             raise TextSourceError(f"{self.path}: no WordNet example sentences found")
 
-    def chunks(self, rng: random.Random, chunk_tokens: int = 0) -> Iterator[str]:
-        """The examples, then the glosses: each a chunk with one sentence a
-        line, in an order shuffled by ``rng``. Examples come first because
-        they are whole everyday sentences; the glosses add words."""
+    def chunks(self, rng: random.Random, chunk_tokens: int = 200_000) -> Iterator[str]:
+        """The examples, then the glosses, each in an order shuffled by
+        ``rng``, as chunks of about ``chunk_tokens`` tokens with one sentence
+        a line. Examples come first because they are whole everyday
+        sentences; the glosses add words."""
         for lines in (self.examples, self.definitions if self.glosses else []):
             lines = [line.rstrip(".!?;:,") + "." for line in lines]
             rng.shuffle(lines)
-            if lines:
-                yield "\n".join(lines) + "\n"
+            chunk: List[str] = []
+            tokens = 0
+            for line in lines:
+                chunk.append(line)
+                tokens += line.count(" ") + 1
+                if tokens >= chunk_tokens:
+                    yield "\n".join(chunk) + "\n"
+                    chunk, tokens = [], 0
+            if chunk:
+                yield "\n".join(chunk) + "\n"
 
 
 def _check_file(path: Path) -> None:
