@@ -109,10 +109,10 @@ SPOKEN_ABBREVIATIONS = {
     "I.E": "THAT IS", "APPROX": "APPROXIMATELY", "DEPT": "DEPARTMENT", "AVE": "AVENUE",
 }
 # Units, spelled out after a number only ("5 km", "5km"); alone they stay
-# ambiguous ("in" and "mi" are words too).
+# ambiguous ("mi" is a word too). Not "in": "8 in the morning".
 UNITS = {
     "KM": "KILOMETERS", "M": "METERS", "CM": "CENTIMETERS", "MM": "MILLIMETERS",
-    "MI": "MILES", "FT": "FEET", "IN": "INCHES", "KG": "KILOGRAMS", "G": "GRAMS",
+    "MI": "MILES", "FT": "FEET", "KG": "KILOGRAMS", "G": "GRAMS",
     "LB": "POUNDS", "LBS": "POUNDS", "OZ": "OUNCES", "MPH": "MILES PER HOUR",
     "KMH": "KILOMETERS PER HOUR", "KPH": "KILOMETERS PER HOUR", "L": "LITERS",
     "ML": "MILLILITERS", "HZ": "HERTZ", "KHZ": "KILOHERTZ", "MHZ": "MEGAHERTZ",
@@ -286,6 +286,14 @@ def _normalize_token_slow(token: str, strict: bool) -> Optional[List[str]]:
     return words
 
 
+# Abbreviations read by what follows: (before a name, otherwise).
+_BEFORE_A_NAME = {"ST": ("SAINT", "STREET"), "DR": ("DOCTOR", "DRIVE")}
+
+
+def _ends_clause(token: str) -> bool:
+    return token.rstrip("\"')]").endswith((".", "!", "?", ",", ";", ":"))
+
+
 def _text_words(text: str, strict: bool, max_numbers: Optional[int] = None) -> Optional[List[str]]:
     """Normalise whitespace-separated tokens; a unit after a number is spelled
     out (``5 km``). None when ``strict`` and a token has no clear spoken form,
@@ -293,10 +301,18 @@ def _text_words(text: str, strict: bool, max_numbers: Optional[int] = None) -> O
     words: List[str] = []
     numbers = 0
     after_number = None  # the previous token's digits, if it ended with a number
-    for token in text.split():
+    tokens = text.split()
+    for i, token in enumerate(tokens):
         bare = token.strip(_EDGE_PUNCT).upper().rstrip(".")
         if after_number is not None and bare in UNITS:
             words += _unit_words(bare, after_number == "1")
+            after_number = None
+            continue
+        if bare in _BEFORE_A_NAME and token[:1].isupper():
+            # "St. Paul" is SAINT, "Main St." STREET; "Dr. Lee" DOCTOR, "Elm Dr." DRIVE
+            before_name = (i + 1 < len(tokens) and tokens[i + 1][:1].isupper()
+                           and not _ends_clause(token[:-1] if token.endswith(".") else token))
+            words.append(_BEFORE_A_NAME[bare][0 if before_name else 1])
             after_number = None
             continue
         numbers += len(re.findall(r"\d+", re.sub(r"(?<=\d)[,.:](?=\d)", "", token)))

@@ -180,7 +180,7 @@ def test_heldout_split_unseen_sentences_and_voices(corpus, monkeypatch):
     heldout = list(load(d, "supervisions", "heldout"))
     assert [s.text for s in heldout] == [
         "MISSUS LEE PAID TWELVE DOLLARS FOR THREE BOOKS",
-        "WE MET AT SEVEN THIRTY ON MAIN SAINT",
+        "WE MET AT SEVEN THIRTY ON MAIN STREET",
         "I CAN'T FIND MY KEYS",
         heldout[3].text,
     ]

@@ -72,6 +72,7 @@ def test_normalize_clause_refuses_ambiguous_text():
     ("\u00a32.50 each", "TWO POUNDS AND FIFTY CENTS EACH"),
     ("at 9:00 or 10:30 or 7:05", "AT NINE O'CLOCK OR TEN THIRTY OR SEVEN O FIVE"),
     ("by 7pm, 1 ft and 12 lbs", "BY SEVEN P M ONE FOOT AND TWELVE POUNDS"),
+    ("open from 8 in the morning", "OPEN FROM EIGHT IN THE MORNING"),
     ("in the 1990s and 80s", "IN THE NINETEEN NINETIES AND EIGHTIES"),
     ("3.25%", "THREE POINT TWO FIVE PERCENT"),
     ("the 21st of May, 1941", "THE TWENTY FIRST OF MAY NINETEEN FORTY ONE"),
@@ -79,6 +80,7 @@ def test_normalize_clause_refuses_ambiguous_text():
     # abbreviations
     ("Mr. and Mrs. Smith met Dr. Lee", "MISTER AND MISSUS SMITH MET DOCTOR LEE"),
     ("St. Paul, Mt. Hood, Prof. X vs. Capt. Y", "SAINT PAUL MOUNT HOOD PROFESSOR X VERSUS CAPTAIN Y"),
+    ("Ask Dr. Lee on Main St., or at 5 Elm Dr.", "ASK DOCTOR LEE ON MAIN STREET OR AT FIVE ELM DRIVE"),
     ("fruit, e.g. apples, i.e. food, etc.", "FRUIT FOR EXAMPLE APPLES THAT IS FOOD ET CETERA"),
     # punctuation and symbols
     ("Tom & Jerry \u2014 \u201cfriends\u201d (sort of)!", "TOM AND JERRY FRIENDS SORT OF"),
