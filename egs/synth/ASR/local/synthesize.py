@@ -23,15 +23,15 @@ HELDOUT = Path(__file__).resolve().parent / "heldout" / "sentences.txt"
 def get_parser() -> argparse.ArgumentParser:
     d = SynthConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--output-dir", default="data/audio/synth")
-    p.add_argument("--num-train", type=int, default=d.num_train)
-    p.add_argument("--num-dev", type=int, default=d.num_dev)
-    p.add_argument("--num-test", type=int, default=d.num_test)
+    p.add_argument("--output-dir", default="data/audio/synth", help="where to write the audio and plans")
+    p.add_argument("--num-train", type=int, default=d.num_train, help="training utterances")
+    p.add_argument("--num-dev", type=int, default=d.num_dev, help="dev utterances (unseen voices and sentences)")
+    p.add_argument("--num-test", type=int, default=d.num_test, help="test utterances (unseen voices and sentences)")
     p.add_argument("--num-words", type=int, default=d.num_words,
                    help="sentences use only the N most frequent words of the text (0: all)")
-    p.add_argument("--min-words", type=int, default=d.min_words)
-    p.add_argument("--max-words", type=int, default=d.max_words)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--min-words", type=int, default=d.min_words, help="fewest words of an utterance")
+    p.add_argument("--max-words", type=int, default=d.max_words, help="most words of an utterance")
+    p.add_argument("--seed", type=int, default=d.seed, help="same seed and flags, same corpus")
     p.add_argument("--text-source", default="wordnet",
                    help="wordnet (WordNet 3.0 examples, then glosses), wordnet-examples, markov "
                    "(essential-generators' Wikipedia chain), a Markov chain .json or a UTF-8 text file")
