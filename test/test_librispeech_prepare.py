@@ -126,3 +126,27 @@ def test_rerun_does_nothing(prepared):
     again = run(work, *flags)
     assert again.stdout.count("skipping") == 4
     assert {p: p.stat().st_mtime_ns for p in (work / "data").rglob("*") if p.is_file()} == files
+
+
+def test_interrupted_fbank_is_redone_with_new_flags(tmp_path):
+    """The fbank stage killed after writing its cuts but before its marker,
+    then re-run with --perturb-speed false: no speed-perturbed cuts may remain."""
+    from lhotse import load_manifest
+
+    make_layout(tmp_path / "download")
+    flags = ["--dl-dir", str(tmp_path / "download"), "--vocab-size", "40"]
+    run(tmp_path, "--stage", "1", "--stop-stage", "1", *flags)
+    wrapper = tmp_path / "python-then-kill"  # kills prepare.sh once the fbank script is done
+    wrapper.write_text(f'#!/bin/bash\n"{sys.executable}" "$@"; s=$?\n'
+                       'case "$*" in *compute_fbank*) kill -9 $PPID ;; esac\nexit $s\n')
+    wrapper.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(wrapper), PYTHONPATH=f"{REPO}:{os.environ.get('PYTHONPATH', '')}")
+    killed = subprocess.run(["bash", str(PREPARE), "--stage", "3", "--stop-stage", "3", *flags],
+                            cwd=tmp_path, env=env, capture_output=True, text=True)
+    fbank = tmp_path / "data" / "fbank"
+    assert killed.returncode != 0 and not (fbank / ".librispeech.done").exists()
+    assert len(load_manifest(fbank / "librispeech_cuts_train-clean-100.jsonl.gz")) == 36
+    again = run(tmp_path, "--stage", "3", "--stop-stage", "3", "--perturb-speed", "false", *flags)
+    assert "removing its partial outputs" in again.stdout
+    assert len(load_manifest(fbank / "librispeech_cuts_train-clean-100.jsonl.gz")) == 12
+    assert (fbank / ".librispeech.done").read_text().split()[0] == "perturb_speed=false"

@@ -9,10 +9,12 @@ from icefall.text import (
     MarkovSource,
     PlainTextSource,
     TextSourceError,
+    WordNetSource,
     build_sentence_pool,
     load_text_source,
     normalize_clause,
     normalize_text,
+    oov_rate,
     spell_number,
     spell_ordinal,
     spell_year,
@@ -55,10 +57,57 @@ def test_normalize_text_is_librispeech_like():
 def test_normalize_clause_refuses_ambiguous_text():
     assert normalize_clause("the old town") == ["THE", "OLD", "TOWN"]
     assert normalize_clause("the NASA budget") is None  # acronym: espeak may spell it
-    assert normalize_clause("about 3.5 km") is None  # decimal, unit
+    assert normalize_clause("the km mark") is None  # a unit without a number
+    assert normalize_clause("the U.S. army") is None
     assert normalize_clause("from 1794 to 1866") is None  # lists of numbers
     assert normalize_clause("in 1905 it rained") == ["IN", "NINETEEN", "O", "FIVE", "IT", "RAINED"]
-    assert normalize_clause("costs $5") is None
+    assert normalize_clause("no one came") == ["NO", "ONE", "CAME"]  # "no" is a word, not No.
+
+
+@pytest.mark.parametrize("raw, spoken", [
+    # numbers, money, decimals, times, percentages, units, decades
+    ("about 3.5 km away", "ABOUT THREE POINT FIVE KILOMETERS AWAY"),
+    ("it costs $5", "IT COSTS FIVE DOLLARS"),
+    ("only $1.01!", "ONLY ONE DOLLAR AND ONE CENT"),
+    ("\u00a32.50 each", "TWO POUNDS AND FIFTY CENTS EACH"),
+    ("at 9:00 or 10:30 or 7:05", "AT NINE O'CLOCK OR TEN THIRTY OR SEVEN O FIVE"),
+    ("by 7pm, 1 ft and 12 lbs", "BY SEVEN P M ONE FOOT AND TWELVE POUNDS"),
+    ("open from 8 in the morning", "OPEN FROM EIGHT IN THE MORNING"),
+    ("in the 1990s and 80s", "IN THE NINETEEN NINETIES AND EIGHTIES"),
+    ("3.25%", "THREE POINT TWO FIVE PERCENT"),
+    ("the 21st of May, 1941", "THE TWENTY FIRST OF MAY NINETEEN FORTY ONE"),
+    ("1,200 people", "ONE THOUSAND TWO HUNDRED PEOPLE"),
+    # abbreviations
+    ("Mr. and Mrs. Smith met Dr. Lee", "MISTER AND MISSUS SMITH MET DOCTOR LEE"),
+    ("St. Paul, Mt. Hood, Prof. X vs. Capt. Y", "SAINT PAUL MOUNT HOOD PROFESSOR X VERSUS CAPTAIN Y"),
+    ("Ask Dr. Lee on Main St., or at 5 Elm Dr.", "ASK DOCTOR LEE ON MAIN STREET OR AT FIVE ELM DRIVE"),
+    ("fruit, e.g. apples, i.e. food, etc.", "FRUIT FOR EXAMPLE APPLES THAT IS FOOD ET CETERA"),
+    # punctuation and symbols
+    ("Tom & Jerry \u2014 \u201cfriends\u201d (sort of)!", "TOM AND JERRY FRIENDS SORT OF"),
+    ("well-known rock'n'roll, isn\u2019t it?", "WELL KNOWN ROCK'N'ROLL ISN'T IT"),
+])
+def test_normalize_text_spells_out(raw, spoken):
+    assert normalize_text(raw) == spoken
+
+
+def test_oov_rate_on_a_known_example():
+    vocab = ["THE", "CAT", "SAT"]
+    # 2 of 7 word tokens unseen: MAT (once) and ON (once); repeated seen words count each time
+    assert oov_rate(["THE CAT SAT", "ON THE MAT SAT"], vocab) == (2, 7)
+    assert oov_rate([], vocab) == (0, 0)
+
+
+def test_wordnet_source_has_everyday_sentences():
+    src = load_text_source("wordnet-examples")
+    assert isinstance(src, WordNetSource)
+    assert 45_000 < len(src.examples) < 50_000  # WordNet 3.0 has 48,247 quoted examples
+    pool, vocab = build_sentence_pool(src, 3000, num_words=0, min_words=4, max_words=20)
+    assert len(pool) == 3000 == len(set(pool)) and len(vocab) > 5000
+    for word in ("YOU", "ME", "MY", "SHE", "SAY", "MORNING", "NIGHT"):
+        assert word in vocab, word
+    excluded = pool[:10]
+    again, _ = build_sentence_pool(src, 3000, num_words=0, min_words=4, max_words=20, exclude=excluded)
+    assert not set(excluded) & set(again) and again[:5] == pool[10:15]
 
 
 TEXT = """The old town was built near the river. The river was wide and the town grew.

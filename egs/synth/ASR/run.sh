@@ -12,7 +12,16 @@
 #   5 decode.py on the exported model through epoch-9999.pt (the guide's way)
 #   6 print the WER table
 #
-# Smaller/faster: ./run.sh --num-train 1000 --num-epochs 2 (see --help).
+# Smaller/faster: ./run.sh --num-train 1000 --num-epochs 2 (see --help), or
+#   ./run.sh --num-train 1000 --num-epochs 3 --phase2-epoch 3
+#
+# Re-running continues from what exists: prepare.sh skips finished stages,
+# and stage 1 resumes after the last epoch-N.pt in --exp-dir (an unfinished
+# epoch is trained again from its start), or skips training when
+# epoch-<num-epochs>.pt exists. Delete --exp-dir (or pick another) to train
+# again from scratch. --avg larger than the epochs allow is lowered (logged)
+# before anything runs: the averaged model of epoch E with --avg A needs
+# epoch-(E-A).pt, so A is at most E-1 (and 1 epoch means no averaging).
 
 set -eou pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,6 +37,7 @@ stop_stage=100
 num_train=6000
 num_dev=300
 num_test=300
+heldout=default  # held-out sentences (prepare.sh --heldout): default, none or a file
 vocab_size=256
 # model and training
 exp_dir=pruned_transducer_stateless3/exp
@@ -48,6 +58,7 @@ initial_lr=0.005
 lr_batches=5000
 lr_epochs=20
 model_warm_step=100
+average_period=10
 dropout=0.0
 layer_dropout=0.0
 # Training runs in two phases (train.py is called twice, the second call
@@ -69,12 +80,44 @@ beam_size=4
 # Stage 2 decodes with both.
 max_sym_per_frame=3
 
-__option_names="stage stop_stage num_train num_dev num_test vocab_size exp_dir num_epochs avg
+__option_names="stage stop_stage num_train num_dev num_test heldout vocab_size exp_dir num_epochs avg
   max_duration num_encoder_layers encoder_dim nhead dim_feedforward decoder_dim joiner_dim
-  initial_lr lr_batches lr_epochs model_warm_step dropout layer_dropout phase2_epoch
+  initial_lr lr_batches lr_epochs model_warm_step average_period dropout layer_dropout phase2_epoch
   phase2_lr_epochs world_size num_workers beam_size max_sym_per_frame"
 . "$here/../../shared/parse_options.sh"
 . "$here/../../shared/stage_utils.sh"
+
+# Flags checked before anything runs, so that a long training does not end
+# in a decoding stage that cannot work.
+for flag in num_epochs avg phase2_epoch; do
+  if ! [[ ${!flag} =~ ^[0-9]+$ ]] || [ "${!flag}" -lt 1 ]; then
+    echo "$0: --${flag//_/-} must be a whole number >= 1, got '${!flag}'" >&2
+    exit 2
+  fi
+done
+use_averaged_model=True
+if [ "$num_epochs" -eq 1 ]; then
+  [ "$avg" -ne 1 ] && log "--num-epochs 1: no averaging (--avg $avg lowered to 1)"
+  avg=1
+  use_averaged_model=False
+elif [ "$avg" -ge "$num_epochs" ]; then
+  log "--avg $avg needs $((avg + 1)) epochs (the averaged model reads epoch-(E-avg).pt)," \
+    "but --num-epochs is $num_epochs: using --avg $((num_epochs - 1))"
+  avg=$((num_epochs - 1))
+fi
+
+# The last epoch-N.pt in $exp_dir (0 if none); epoch-9999.pt is stage 5's link.
+last_epoch() {
+  local f n last=0
+  for f in "$exp_dir"/epoch-*.pt; do
+    n=${f##*/epoch-}
+    n=${n%.pt}
+    if [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ne 9999 ] && [ "$n" -gt "$last" ]; then
+      last=$n
+    fi
+  done
+  echo "$last"
+}
 
 lang_dir=data/lang_bpe_${vocab_size}
 recipe=./pruned_transducer_stateless3
@@ -83,7 +126,7 @@ start_time=$(date +%s)
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   log "Stage 0: prepare the corpus"
   ./prepare.sh --num-train "$num_train" --num-dev "$num_dev" --num-test "$num_test" \
-    --vocab-size "$vocab_size"
+    --heldout "$heldout" --vocab-size "$vocab_size"
 fi
 
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
@@ -105,20 +148,29 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
       --model-warm-step "$model_warm_step" \
       --dropout "$dropout" \
       --layer-dropout "$layer_dropout" \
-      --average-period 10 \
+      --average-period "$average_period" \
       --save-every-n 200 \
       --keep-last-k 5 \
       --log-interval 25 \
       "$@"
   }
   plain=$(( num_epochs < phase2_epoch - 1 ? num_epochs : phase2_epoch - 1 ))
-  if [ $plain -ge 1 ]; then
-    log "Stage 1: train epochs 1-$plain into $exp_dir (phase 1: no SpecAugment)"
-    train --num-epochs "$plain" --enable-spec-aug False --lr-epochs "$lr_epochs"
+  done_epochs=$(last_epoch)
+  if [ "$done_epochs" -ge "$num_epochs" ]; then
+    log "Stage 1: $exp_dir/epoch-$done_epochs.pt exists: training is done, skipping" \
+      "(delete $exp_dir or use another --exp-dir to train again)"
+  elif [ "$done_epochs" -gt 0 ]; then
+    log "Stage 1: $exp_dir has epochs 1-$done_epochs: resuming at epoch $((done_epochs + 1))"
   fi
-  if [ $num_epochs -gt $plain ]; then
-    log "Stage 1: train epochs $((plain + 1))-$num_epochs into $exp_dir (phase 2: SpecAugment)"
-    train --start-epoch $((plain + 1)) --num-epochs "$num_epochs" --enable-spec-aug True \
+  if [ "$done_epochs" -lt "$plain" ]; then
+    log "Stage 1: train epochs $((done_epochs + 1))-$plain into $exp_dir (phase 1: no SpecAugment)"
+    train --start-epoch $((done_epochs + 1)) --num-epochs "$plain" --enable-spec-aug False \
+      --lr-epochs "$lr_epochs"
+  fi
+  first=$(( done_epochs > plain ? done_epochs + 1 : plain + 1 ))
+  if [ "$num_epochs" -ge "$first" ]; then
+    log "Stage 1: train epochs $first-$num_epochs into $exp_dir (phase 2: SpecAugment)"
+    train --start-epoch "$first" --num-epochs "$num_epochs" --enable-spec-aug True \
       --lr-epochs "$phase2_lr_epochs"
   fi
 fi
@@ -126,9 +178,9 @@ fi
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   for setting in "greedy_search 1" "greedy_search $max_sym_per_frame" "modified_beam_search 1"; do
     set -- $setting
-    log "Stage 2: decode with $1 (max $2 per frame; epoch $num_epochs, avg $avg, averaged model)"
+    log "Stage 2: decode with $1 (max $2 per frame; epoch $num_epochs, avg $avg, averaged model $use_averaged_model)"
     $python $recipe/decode.py \
-      --epoch "$num_epochs" --avg "$avg" --use-averaged-model True \
+      --epoch "$num_epochs" --avg "$avg" --use-averaged-model "$use_averaged_model" \
       --exp-dir "$exp_dir" --lang-dir "$lang_dir" \
       --max-duration 600 --num-workers 0 \
       --decoding-method "$1" --max-sym-per-frame "$2" --beam-size "$beam_size"
@@ -139,7 +191,7 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   log "Stage 3: export epoch $num_epochs, avg $avg to $exp_dir/pretrained.pt"
   $python $recipe/export.py \
     --exp-dir "$exp_dir" --tokens "$lang_dir/tokens.txt" \
-    --epoch "$num_epochs" --avg "$avg" --use-averaged-model True
+    --epoch "$num_epochs" --avg "$avg" --use-averaged-model "$use_averaged_model"
 fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
@@ -165,12 +217,14 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
 fi
 
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
-  log "Stage 6: WER on the held-out test set (voices and sentences unseen in training)"
-  printf '%-22s %-78s %s\n' method "setting-model" WER
-  for f in "$exp_dir"/*/wer-summary-test-*.txt; do
+  log "Stage 6: WER on the test split and the held-out sentences (voices and sentences unseen in training)"
+  printf '%-8s %-22s %-78s %s\n' set method "setting-model" WER
+  for f in "$exp_dir"/*/wer-summary-*.txt; do
+    [ -f "$f" ] || continue
     method=$(basename "$(dirname "$f")")
-    setting=$(basename "$f" .txt | sed 's/^wer-summary-test-//')
-    printf '%-22s %-78s %s\n' "$method" "$setting" "$(tail -n 1 "$f" | cut -f 2)"
+    name=$(basename "$f" .txt | sed 's/^wer-summary-//')
+    set_name=${name%%-*}
+    printf '%-8s %-22s %-78s %s\n' "$set_name" "$method" "${name#*-}" "$(tail -n 1 "$f" | cut -f 2)"
   done
   log "run.sh took $(( $(date +%s) - start_time )) s"
 fi

@@ -2,6 +2,7 @@
 """Stage 1 of egs/synth/ASR/prepare.sh: lhotse manifests of the synthesised audio.
 
 Writes ``<manifest-dir>/synth_{recordings,supervisions}_{train,dev,test}.jsonl.gz``
+(and ``_heldout`` when the audio dir has that split)
 after checking them with lhotse's ``validate_recordings_and_supervisions``.
 """
 
@@ -16,14 +17,15 @@ from icefall.synth_corpus import SPLITS, make_manifests
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--audio-dir", default="data/audio/synth")
-    p.add_argument("--manifest-dir", default="data/manifests")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--audio-dir", default="data/audio/synth", help="output of the synthesis stage")
+    p.add_argument("--manifest-dir", default="data/manifests", help="where to write the manifests")
     args = p.parse_args()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     out = Path(args.manifest_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
+    heldout = ("heldout",) if (Path(args.audio_dir) / "heldout.jsonl").is_file() else ()
+    for split in SPLITS + heldout:
         try:
             recordings, supervisions = make_manifests(args.audio_dir, split)
         except FileNotFoundError as e:

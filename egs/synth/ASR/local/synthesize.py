@@ -1,34 +1,43 @@
 #!/usr/bin/env python3
 """Stage 0 of egs/synth/ASR/prepare.sh: synthesise the corpus audio.
 
-Writes ``<output-dir>/{train,dev,test}/*.flac``, ``{split}.jsonl`` and
-``vocab.txt``; see ``icefall/synth_corpus.py``.
+Writes ``<output-dir>/{train,dev,test,heldout}/*.flac``, ``{split}.jsonl``
+and ``vocab.txt``; see ``icefall/synth_corpus.py``. The ``heldout`` split
+speaks the sentences of ``--heldout`` (default: ``local/heldout/sentences.txt``,
+written for this recipe, see its README) with the test voices.
 """
 
 import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 
 from icefall.synth_corpus import SynthConfig, VoiceError, synthesize_corpus
 from icefall.text import TextSourceError
 
 
+HELDOUT = Path(__file__).resolve().parent / "heldout" / "sentences.txt"
+
+
 def get_parser() -> argparse.ArgumentParser:
     d = SynthConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--output-dir", default="data/audio/synth")
-    p.add_argument("--num-train", type=int, default=d.num_train)
-    p.add_argument("--num-dev", type=int, default=d.num_dev)
-    p.add_argument("--num-test", type=int, default=d.num_test)
+    p.add_argument("--output-dir", default="data/audio/synth", help="where to write the audio and plans")
+    p.add_argument("--num-train", type=int, default=d.num_train, help="training utterances")
+    p.add_argument("--num-dev", type=int, default=d.num_dev, help="dev utterances (unseen voices and sentences)")
+    p.add_argument("--num-test", type=int, default=d.num_test, help="test utterances (unseen voices and sentences)")
     p.add_argument("--num-words", type=int, default=d.num_words,
-                   help="sentences use only the N most frequent words of the text")
-    p.add_argument("--min-words", type=int, default=d.min_words)
-    p.add_argument("--max-words", type=int, default=d.max_words)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--text-source", default=None,
-                   help="a Markov chain .json (essential-generators format) or a UTF-8 text "
-                   "file; default: essential-generators' Wikipedia chain")
+                   help="sentences use only the N most frequent words of the text (0: all)")
+    p.add_argument("--min-words", type=int, default=d.min_words, help="fewest words of an utterance")
+    p.add_argument("--max-words", type=int, default=d.max_words, help="most words of an utterance")
+    p.add_argument("--seed", type=int, default=d.seed, help="same seed and flags, same corpus")
+    p.add_argument("--text-source", default="wordnet",
+                   help="wordnet (WordNet 3.0 examples, then glosses), wordnet-examples, markov "
+                   "(essential-generators' Wikipedia chain), a Markov chain .json or a UTF-8 text file")
+    p.add_argument("--heldout", default=str(HELDOUT),
+                   help="held-out sentences (one a line) for the heldout split; never used as "
+                   "corpus sentences; '' for none")
     p.add_argument("--languages", default=",".join(d.languages), help="espeak English voices")
     for split in ("train", "dev", "test"):
         p.add_argument(f"--{split}-variants", default=",".join(d.variants(split)),
@@ -44,7 +53,8 @@ def main() -> None:
     config = SynthConfig(
         num_train=args.num_train, num_dev=args.num_dev, num_test=args.num_test,
         num_words=args.num_words, min_words=args.min_words, max_words=args.max_words,
-        seed=args.seed, text_source=args.text_source, languages=split_list(args.languages),
+        seed=args.seed, text_source=args.text_source, heldout=args.heldout or None,
+        languages=split_list(args.languages),
         train_variants=split_list(args.train_variants), dev_variants=split_list(args.dev_variants),
         test_variants=split_list(args.test_variants),
     )
