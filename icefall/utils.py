@@ -53,11 +53,15 @@ def get_rank_and_world_size() -> "tuple[int, int]":
     return 0, 1
 
 
-def setup_logger(log_filename: PathLike, log_level: str = "info", use_console: bool = True) -> Path:
+def setup_logger(
+    log_filename: PathLike, log_level: str = "info", use_console: bool = True, console_level: str = "warning"
+) -> Path:
     """Log to ``<log_filename>-<date>[-<rank>]`` and to the console.
 
     In a multi-process job each rank writes its own file and its lines are
-    prefixed with the rank. Returns the path of the log file.
+    prefixed with the rank. With ``use_console=False`` (e.g. DDP ranks other
+    than 0) only messages at ``console_level`` or above reach the console.
+    Returns the path of the log file.
     """
     now = datetime.now().strftime("%Y-%m-%d-%H-%M-%S")
     rank, world_size = get_rank_and_world_size()
@@ -70,8 +74,10 @@ def setup_logger(log_filename: PathLike, log_level: str = "info", use_console: b
     path.parent.mkdir(parents=True, exist_ok=True)
     level = getattr(logging, log_level.upper())
     handlers: list = [logging.FileHandler(path, mode="w")]
-    if use_console:
-        handlers.append(logging.StreamHandler())
+    console = logging.StreamHandler()
+    if not use_console:
+        console.setLevel(getattr(logging, console_level.upper()))
+    handlers.append(console)
     logging.basicConfig(level=level, format=fmt, handlers=handlers, force=True)
     return path
 
@@ -88,7 +94,7 @@ class MetricsTracker(defaultdict):
 
     def __add__(self, other: "MetricsTracker") -> "MetricsTracker":
         out = MetricsTracker()
-        for k in set(self) | set(other):
+        for k in list(self) + [k for k in other if k not in self]:  # keeps the order of the keys
             out[k] = self.get(k, 0) + other.get(k, 0)
         return out
 
