@@ -110,5 +110,7 @@ def test_ddp_with_two_cpu_processes(tiny_recipe):
     assert "(1/2)" in logs[1].read_text() and "loss per frame" in logs[1].read_text()
     assert "find_unused_parameters" not in out.stderr  # DDP's warning when nothing is unused
     assert out.stderr.count("params: {") == 1  # the config, printed once
+    # Progress: batch i/N with the ETA of the epoch and of the run (rank 0).
+    assert re.search(r"Epoch 1, batch 1/\d+ \(global 1\), .*; ETA epoch \d+m\d\ds, run \d+m\d\ds", out.stderr)
     ckpt = load_file(tiny_recipe.workdir / "exp_ddp/checkpoint-2.pt")
     assert not any(k.startswith("module.") for k in ckpt["model"])  # stored without DDP's prefix
