@@ -46,16 +46,22 @@ CORPORA = {
 
 
 class _SeedWorkers:
-    """Different, reproducible random state in each dataloader worker."""
+    """Different, reproducible random state in each dataloader worker (when
+    ``seed`` is given). Workers ignore Ctrl-C: the training process gets it
+    too and stops after its current step, which needs the workers alive."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: Optional[int]):
         self.seed = seed
 
     def __call__(self, worker_id: int) -> None:
         import random
+        import signal
 
         import numpy as np
 
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if self.seed is None:
+            return
         seed = self.seed + worker_id
         random.seed(seed)
         np.random.seed(seed % 2**32)
@@ -255,7 +261,7 @@ class AsrDataModule:
             batch_size=None,  # the sampler yields whole batches (CutSets)
             num_workers=workers,
             persistent_workers=False,
-            worker_init_fn=_SeedWorkers(getattr(self.args, "seed", 0) or 0) if seed_workers and workers else None,
+            worker_init_fn=_SeedWorkers((getattr(self.args, "seed", 0) or 0) if seed_workers else None),
         )
 
     def train_dataloaders(self, cuts_train, sampler_state_dict: Optional[Dict[str, Any]] = None) -> DataLoader:
