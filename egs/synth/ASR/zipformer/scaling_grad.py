@@ -1,0 +1,1 @@
+../../../librispeech/ASR/zipformer/scaling_grad.py
