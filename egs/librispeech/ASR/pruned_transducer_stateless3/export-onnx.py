@@ -34,7 +34,6 @@ import copy
 import logging
 import shutil
 import sys
-import warnings
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -44,12 +43,13 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from icefall.checkpoint import CheckpointError, add_checkpoint_arguments  # noqa: E402
+from icefall.onnx_export import (OPSET, add_metadata, check_close, example_features,  # noqa: E402
+                                 export_decoder_and_joiner, export_graph, quantize_int8,
+                                 run_onnx)
 from icefall.tokens import TokenFileError, read_tokens  # noqa: E402
 from icefall.utils import str2bool  # noqa: E402
-from jit import TraceableEncoder, check_close, convert_scaled_to_plain, example_features  # noqa: E402
+from jit import TraceableEncoder, convert_scaled_to_plain  # noqa: E402
 from model import add_model_arguments, load_model  # noqa: E402
-
-OPSET = 17
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -79,50 +79,6 @@ class OnnxEncoder(nn.Module):
         return self.encoder_proj(encoder_out), encoder_out_lens
 
 
-class OnnxDecoder(nn.Module):
-    """Decoder + the joiner's decoder_proj: y [N, context_size] -> [N, J]."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.decoder = model.decoder
-        self.decoder_proj = model.joiner.decoder_proj
-
-    def forward(self, y: Tensor) -> Tensor:
-        return self.decoder_proj(self.decoder(y, need_pad=False).squeeze(1))
-
-
-class OnnxJoiner(nn.Module):
-    """(encoder_out [N, J], decoder_out [N, J]) -> logit [N, vocab], inputs already projected."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.output_linear = model.joiner.output_linear
-
-    def forward(self, encoder_out: Tensor, decoder_out: Tensor) -> Tensor:
-        return self.output_linear(torch.tanh(encoder_out + decoder_out))
-
-
-def add_metadata(path: Path, meta: Dict[str, str]) -> None:
-    """Store key/value strings in the model's metadata_props (in place)."""
-    import onnx
-
-    model = onnx.load(str(path))
-    for key, value in meta.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, str(value)
-    onnx.save(model, str(path))
-
-
-def _export(module: nn.Module, args, path: Path, input_names, output_names,
-            dynamic_axes, opset: int) -> None:
-    with warnings.catch_warnings():
-        # tracer warnings about asserts and Python ints that do not shape the graph
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
-                          input_names=input_names, output_names=output_names,
-                          dynamic_axes=dynamic_axes)
-
-
 def export_onnx(model: nn.Module, out_dir: Path, opset: int = OPSET,
                 int8: bool = True) -> Dict[str, Path]:
     """Write encoder/decoder/joiner .onnx (and .int8.onnx) of `model` into `out_dir`.
@@ -131,86 +87,44 @@ def export_onnx(model: nn.Module, out_dir: Path, opset: int = OPSET,
     the PyTorch modules (rtol 1e-4) at lengths other than the traced one.
     Returns {"encoder": path, ..., "encoder.int8": path, ...}.
     """
-    import onnx
-
     model = model.to("cpu").eval()
     out_dir.mkdir(parents=True, exist_ok=True)
-    # eval() on the wrappers too: torch.onnx.export restores the top module's
+    # eval() on the wrapper too: torch.onnx.export restores the top module's
     # train/eval mode recursively, which would switch dropout on.
     plain = convert_scaled_to_plain(copy.deepcopy(model))
-    encoder, decoder, joiner = (m(plain).eval() for m in (OnnxEncoder, OnnxDecoder, OnnxJoiner))
-    c = model.decoder.context_size
-    joiner_dim = model.joiner.output_linear.in_features
+    encoder = OnnxEncoder(plain).eval()
     paths = {name: out_dir / f"{name}.onnx" for name in ("encoder", "decoder", "joiner")}
 
     x, x_lens = example_features(model.encoder.num_features, [100, 73])
-    _export(encoder, (x, x_lens), paths["encoder"], ["x", "x_lens"],
-            ["encoder_out", "encoder_out_lens"],
-            {"x": {0: "N", 1: "T"}, "x_lens": {0: "N"}, "encoder_out": {0: "N", 1: "T"},
-             "encoder_out_lens": {0: "N"}}, opset)
-    y = torch.tensor([[-1] * (c - 1) + [model.decoder.blank_id], [1] * c], dtype=torch.int64)
-    _export(decoder, (y,), paths["decoder"], ["y"], ["decoder_out"],
-            {"y": {0: "N"}, "decoder_out": {0: "N"}}, opset)
-    e, d = torch.randn(11, joiner_dim), torch.randn(11, joiner_dim)
-    _export(joiner, (e, d), paths["joiner"], ["encoder_out", "decoder_out"], ["logit"],
-            {"encoder_out": {0: "N"}, "decoder_out": {0: "N"}, "logit": {0: "N"}}, opset)
-
+    export_graph(encoder, (x, x_lens), paths["encoder"], ["x", "x_lens"],
+                 ["encoder_out", "encoder_out_lens"],
+                 {"x": {0: "N", 1: "T"}, "x_lens": {0: "N"}, "encoder_out": {0: "N", 1: "T"},
+                  "encoder_out_lens": {0: "N"}}, opset)
     add_metadata(paths["encoder"], {
         "model_type": "conformer", "version": "1", "model_author": "icefall-pure-python",
         "comment": "pruned_transducer_stateless3", "feature_dim": model.encoder.num_features,
         "subsampling_factor": model.encoder.subsampling_factor,
     })
-    add_metadata(paths["decoder"], {
-        "context_size": c, "vocab_size": model.decoder.vocab_size,
-        "blank_id": model.decoder.blank_id,
-    })
-    add_metadata(paths["joiner"], {"joiner_dim": joiner_dim})
-
-    for name, path in paths.items():
-        onnx.checker.check_model(onnx.load(str(path)))
+    # also checks both against the PyTorch model
+    export_decoder_and_joiner(plain, paths["decoder"], paths["joiner"], opset, reference=model)
     check_onnx_against_torch(paths, model)
 
     if int8:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
         for name in ("encoder", "decoder", "joiner"):
-            q = out_dir / f"{name}.int8.onnx"
-            # Linear layers (MatMul) only, as icefall does. Unsigned weights:
-            # with int8 weights (U8S8), x86 CPUs without VNNI (e.g. AVX2 only)
-            # saturate intermediate sums; on this test model that made the
-            # joiner's logits 18% off instead of 0.5%.
-            quantize_dynamic(model_input=str(paths[name]), model_output=str(q),
-                             op_types_to_quantize=["MatMul"], weight_type=QuantType.QUInt8)
-            onnx.checker.check_model(onnx.load(str(q)))
-            paths[f"{name}.int8"] = q
+            paths[f"{name}.int8"] = out_dir / f"{name}.int8.onnx"
+            quantize_int8(paths[name], paths[f"{name}.int8"])
     return paths
 
 
 @torch.no_grad()
 def check_onnx_against_torch(paths: Dict[str, Path], model: nn.Module, rtol: float = 1e-4) -> None:
-    """Raise RuntimeError if onnxruntime's outputs differ from the PyTorch model's."""
-    import onnxruntime as ort
-
-    def run(name, feeds):
-        sess = ort.InferenceSession(str(paths[name]), providers=["CPUExecutionProvider"])
-        return [torch.from_numpy(a) for a in sess.run(None, {k: v.numpy() for k, v in feeds.items()})]
-
-    joiner = model.joiner
+    """Raise RuntimeError if onnxruntime's encoder outputs differ from the PyTorch model's."""
     for lens in ([37], [250, 111, 7]):
         x, x_lens = example_features(model.encoder.num_features, lens)
         encoder_out, encoder_out_lens = model.encoder(x, x_lens)
-        check_close(tuple(run("encoder", {"x": x, "x_lens": x_lens})),
-                    (joiner.encoder_proj(encoder_out), encoder_out_lens),
+        check_close(tuple(run_onnx(paths["encoder"], {"x": x, "x_lens": x_lens})),
+                    (model.joiner.encoder_proj(encoder_out), encoder_out_lens),
                     f"{paths['encoder']} at lengths {lens}", rtol)
-    c, v = model.decoder.context_size, model.decoder.vocab_size
-    y = torch.randint(-1, v, (7, c), generator=torch.Generator().manual_seed(0))
-    check_close(run("decoder", {"y": y})[0],
-                joiner.decoder_proj(model.decoder(y, need_pad=False)).squeeze(1),
-                str(paths["decoder"]), rtol)
-    j = joiner.output_linear.in_features
-    e, d = torch.randn(5, j), torch.randn(5, j)
-    check_close(run("joiner", {"encoder_out": e, "decoder_out": d})[0],
-                joiner(e, d, project_input=False), str(paths["joiner"]), rtol)
 
 
 def main(argv: Optional[list] = None) -> int:

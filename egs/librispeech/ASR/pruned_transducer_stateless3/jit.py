@@ -35,6 +35,8 @@ from typing import Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from icefall.onnx_export import check_close, example_features  # noqa: F401  (moved there)
+
 PathLike = Union[str, Path]
 
 
@@ -154,31 +156,6 @@ def trace_encoder(conformer: nn.Module, num_features: int = 80) -> torch.jit.Scr
         x, x_lens = example_features(num_features, lens)
         check_close(traced(x, x_lens), conformer(x, x_lens), f"encoder, lengths {lens}")
     return traced
-
-
-def example_features(num_features: int, lens) -> Tuple[Tensor, Tensor]:
-    """Random features [B, max(lens), F], padded with log(1e-10) as pretrained.py pads."""
-    g = torch.Generator().manual_seed(sum(lens))
-    x = torch.full((len(lens), max(lens), num_features), math.log(1e-10))
-    for i, n in enumerate(lens):
-        x[i, :n] = torch.randn(n, num_features, generator=g)
-    return x, torch.tensor(lens, dtype=torch.int64)
-
-
-@torch.no_grad()
-def check_close(got, want, what: str, rtol: float = 1e-4) -> None:
-    """Raise RuntimeError if tensors (or tuples of them) differ beyond rtol."""
-    got = got if isinstance(got, (tuple, list)) else (got,)
-    want = want if isinstance(want, (tuple, list)) else (want,)
-    for g, w in zip(got, want):
-        if g.shape != w.shape or g.dtype != w.dtype:
-            raise RuntimeError(f"{what}: shape/dtype {g.shape} {g.dtype} != {w.shape} {w.dtype}")
-        if g.is_floating_point():
-            tol = rtol * max(float(w.abs().max()), 1e-6)
-            if not torch.allclose(g, w, rtol=rtol, atol=tol):
-                raise RuntimeError(f"{what}: max abs diff {float((g - w).abs().max())} > {tol}")
-        elif not torch.equal(g, w):
-            raise RuntimeError(f"{what}: {g} != {w}")
 
 
 class JitDecoder(nn.Module):

@@ -1,0 +1,1 @@
+../pruned_transducer_stateless3/onnx_pretrained.py
