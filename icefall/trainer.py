@@ -82,6 +82,14 @@ class Recipe:
       frames than tokens after it are dropped (training and validation).
     - ``find_unused_parameters(params) -> bool``: whether DDP must look for
       parameters without gradients (e.g. layer dropout skips layers).
+    - ``before_batch(params, model)``: called before each training batch,
+      with ``params.batch_idx_train`` and ``params.cur_batch_idx`` not yet
+      counting it (e.g. zipformer's ``set_batch_count``).
+    - ``check_args(args)``: raise :class:`TrainingError` for bad recipe flags.
+    - ``step_scheduler_before_optimizer``: icefall's zipformer steps Eden
+      between backward and the optimizer step (pts3: after the step).
+    - ``small_grad_scale``: icefall's zipformer fp16 grad scaler: starts at
+      1.0 and is doubled every 25/100/400 batches while below 2/8/32.
     """
 
     build_model: Callable
@@ -89,6 +97,10 @@ class Recipe:
     compute_loss: Callable
     frames_after_subsampling: Callable[[int], int]
     find_unused_parameters: Optional[Callable] = None
+    before_batch: Optional[Callable] = None
+    check_args: Optional[Callable] = None
+    step_scheduler_before_optimizer: bool = False
+    small_grad_scale: bool = False
 
 
 # ---------------------------------------------------------------- flags
@@ -503,6 +515,8 @@ class Trainer:
         for batch in batches:
             if p.max_batches and p.batch_idx_train >= p.max_batches:
                 return False
+            if self.recipe.before_batch is not None:
+                self.recipe.before_batch(p, model)
             p.batch_idx_train += 1
             p.cur_batch_idx += 1
             batch_size = len(batch["supervisions"]["text"])
@@ -512,7 +526,10 @@ class Trainer:
             if stepped:
                 audio_seconds += float(batch["supervisions"]["num_frames"].sum()) * 0.01
                 tot = tot * (1 - 1 / 200) + info  # icefall's decaying running sum
-                self.scheduler.step_batch(p.batch_idx_train)
+                if not self.recipe.step_scheduler_before_optimizer:
+                    self.scheduler.step_batch(p.batch_idx_train)
+                if self.recipe.small_grad_scale and self.scaler.is_enabled():
+                    self._grow_grad_scale(p.cur_batch_idx - 1)
                 if self.rank == 0 and p.batch_idx_train % p.average_period == 0:
                     update_averaged_model(p.average_period, p.batch_idx_train, model, self.model_avg)
                 if p.batch_idx_train % p.save_every_n == 0:
@@ -547,7 +564,7 @@ class Trainer:
 
     def _log_batch(self, info, tot, batch_size: int, start: float, start_idx: int) -> None:
         p = self.params
-        lr = self.scheduler.get_last_lr()[0]
+        lr = max(self.scheduler.get_last_lr())
         per_epoch = p.batches_per_epoch or 0
         done = p.cur_batch_idx - start_idx
         per_batch = (time.time() - start) / max(done, 1)
@@ -610,10 +627,22 @@ class Trainer:
             return False
         self.bad_in_a_row = 0
         self.scaler.scale(loss).backward()
+        if self.recipe.step_scheduler_before_optimizer:
+            self.scheduler.step_batch(p.batch_idx_train)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad()
         return True
+
+    def _grow_grad_scale(self, batch_idx: int) -> None:
+        """icefall zipformer's rule; ``batch_idx`` counts from 0 in the epoch."""
+        scale = self.scaler.get_scale()
+        if scale < 1.0e-05:
+            raise RuntimeError(f"grad scale {scale} is too small: the fp16 training diverged; "
+                               f"try --use-fp16 False or resume from an earlier checkpoint")
+        if ((batch_idx % 25 == 0 and scale < 2.0) or (batch_idx % 100 == 0 and scale < 8.0)
+                or (batch_idx % 400 == 0 and scale < 32.0)):
+            self.scaler.update(scale * 2.0)
 
     def _stop_agreed(self) -> bool:
         if self._stop_votes and not self.stop.signum:
@@ -704,6 +733,7 @@ def _run(rank: int, world_size: int, args: argparse.Namespace, recipe: Recipe) -
     stop.install()
     params = get_params(args)
     rank, world_size, device = setup_dist(rank, world_size, params.master_port)
+    params.world_size = world_size  # under torchrun, the flag may say otherwise
     lock = ExpDirLock(params.exp_dir).acquire() if rank == 0 and not args.lock_held else None
     try:
         fix_random_seed(params.seed)
@@ -720,7 +750,8 @@ def _run(rank: int, world_size: int, args: argparse.Namespace, recipe: Recipe) -
         model_avg = copy.deepcopy(model).to(torch.float64) if rank == 0 else None
         model.to(device)
         optimizer, scheduler = recipe.build_optimizer(params, model)
-        scaler = torch.amp.GradScaler("cuda", enabled=params.use_fp16 and device.type == "cuda")
+        scaler = torch.amp.GradScaler("cuda", init_scale=1.0 if recipe.small_grad_scale else 2.0**16,
+                                      enabled=params.use_fp16 and device.type == "cuda")
         if params.use_fp16 and device.type != "cuda":
             logging.warning("--use-fp16 needs CUDA; training in float32 (--use-bf16 works on CPU)")
         ckpt = resume(params, model, model_avg, optimizer, scheduler, scaler)
@@ -797,6 +828,8 @@ def run_training(parser: argparse.ArgumentParser, recipe: Recipe, argv: Optional
     prog = Path(sys.argv[0]).name
     try:
         check_args(args)
+        if recipe.check_args is not None:
+            recipe.check_args(args)
         check_inputs(args)
         _launch(args, recipe)
     except TrainingError as e:
