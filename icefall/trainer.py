@@ -766,12 +766,13 @@ def _run(rank: int, world_size: int, args: argparse.Namespace, recipe: Recipe) -
         train_cuts, valid_cuts = data.train_cuts(), data.valid_cuts()
         train_keep = CutFilter(sp, recipe.frames_after_subsampling, params.min_duration, params.max_cut_duration)
         valid_keep = CutFilter(sp, recipe.frames_after_subsampling)
-        train_seconds = scan_cuts(train_cuts, train_keep)
-        scan_cuts(valid_cuts, valid_keep)
-        logging.info(train_keep.summary("training set"))
-        logging.info(valid_keep.summary("validation set"))
-        if not params.batches_per_epoch:  # an estimate until an epoch has been seen
-            params.batches_per_epoch = max(1, math.ceil(train_seconds / params.max_duration / world_size))
+        if rank == 0:  # one pass over the cut lists, for the counts and the progress estimate
+            train_seconds = scan_cuts(train_cuts, train_keep)
+            scan_cuts(valid_cuts, valid_keep)
+            logging.info(train_keep.summary("training set"))
+            logging.info(valid_keep.summary("validation set"))
+            if not params.batches_per_epoch:  # an estimate until an epoch has been seen
+                params.batches_per_epoch = max(1, math.ceil(train_seconds / params.max_duration / world_size))
         train_cuts, valid_cuts = train_cuts.filter(train_keep), valid_cuts.filter(valid_keep)
         valid_dl = data.valid_dataloaders(valid_cuts)
         tb = make_tb_writer(params.exp_dir / "tensorboard") if rank == 0 and params.tensorboard else None
