@@ -22,24 +22,24 @@ def close(a, b) -> bool:
 
 def test_loss_falls_and_resume_from_an_epoch_gives_the_same_losses(tiny_recipe):
     common = ["--log-interval", "1"]
-    full = tiny_recipe.run(zipformer_train_args(tiny_recipe, "exp_zip_full", "--num-epochs", "3", *common))
+    full = tiny_recipe.run(zipformer_train_args(tiny_recipe, "exp_zip_full", "--num-epochs", "2", *common))
     valid = losses(VALID_LINE, full.stderr)
-    assert sorted(valid) == [1, 2, 3]
+    assert sorted(valid) == [1, 2]
     for k in range(4):  # the total and each of simple, pruned and CTC losses fall
-        assert valid[3][k] < valid[1][k], valid
+        assert valid[2][k] < valid[1][k], valid
     train = losses(LOSS_LINE, full.stderr)
     first, last = sorted(train)[:3], sorted(train)[-3:]
     assert sum(train[i][0] for i in last) < sum(train[i][0] for i in first), train
 
     tiny_recipe.run(zipformer_train_args(tiny_recipe, "exp_zip_part", "--num-epochs", "1", *common))
-    resumed = tiny_recipe.run(zipformer_train_args(tiny_recipe, "exp_zip_part", "--num-epochs", "3",
+    resumed = tiny_recipe.run(zipformer_train_args(tiny_recipe, "exp_zip_part", "--num-epochs", "2",
                                                    "--start-epoch", "2", *common))
     b = losses(LOSS_LINE, resumed.stderr)
     assert b and min(b) > 1 and set(b) <= set(train)
     for i in b:
         assert close(train[i], b[i]), (i, train[i], b[i])
-    assert close(valid[3], losses(VALID_LINE, resumed.stderr)[3])
-    ckpt = load_file(tiny_recipe.workdir / "exp_zip_part/epoch-3.pt")
+    assert close(valid[2], losses(VALID_LINE, resumed.stderr)[2])
+    ckpt = load_file(tiny_recipe.workdir / "exp_zip_part/epoch-2.pt")
     assert ckpt["config"]["use_ctc"] and ckpt["config"]["encoder_dim"] == [32, 32]
     assert "optimizer" in ckpt and "model_avg" in ckpt
 
