@@ -864,8 +864,10 @@ def _launch(args: argparse.Namespace, recipe: Recipe) -> None:
         while not ctx.join():
             pass
     except mp.ProcessExitedException as e:
-        print(f"{Path(sys.argv[0]).name}: rank {e.error_index} exited with code {e.exit_code}; "
-              f"see {args.exp_dir / 'log'}", file=sys.stderr)
+        why = f"exited with code {e.exit_code}"
+        if e.exit_code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            why = f"stopped by {signal.Signals(e.exit_code - 128).name} (a checkpoint was saved)"
+        print(f"{Path(sys.argv[0]).name}: rank {e.error_index} {why}; see {args.exp_dir / 'log'}", file=sys.stderr)
         sys.exit(e.exit_code if e.exit_code and e.exit_code > 0 else 1)
     finally:
         lock.release()
