@@ -33,16 +33,14 @@ import argparse
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
-from icefall.utils import AttributeDict, MetricsTracker, str2bool
+from icefall.utils import AttributeDict, MetricsTracker, fix_random_seed, get_rng_state, set_rng_state, str2bool
 
 # Keys of params saved in every checkpoint and restored on resume.
 _SAVED_PARAMS = (
@@ -218,210 +216,6 @@ def check_inputs(args: argparse.Namespace) -> None:
             load_file(filename)
         except CheckpointError as e:
             raise TrainingError(f"{flag}: {e}") from None
-
-
-# ---------------------------------------------------------------- exp dir
-
-
-class ExpDirLock:
-    """``<exp-dir>/.lock`` holding the pid of the run that owns the folder.
-
-    A lock whose pid is no longer alive (a killed run) is taken over with a
-    warning; a live one is refused with :class:`TrainingError`.
-    """
-
-    def __init__(self, exp_dir: Path):
-        self.path = Path(exp_dir) / ".lock"
-        self.held = False
-
-    def acquire(self) -> "ExpDirLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                pid = _read_pid(self.path)
-                if pid is not None and pid != os.getpid() and _alive(pid):
-                    raise TrainingError(
-                        f"--exp-dir {self.path.parent}: another training (pid {pid}) is using it; "
-                        f"wait for it, stop it, or choose another --exp-dir"
-                    ) from None
-                logging.warning(f"{self.path}: taking over the stale lock of pid {pid} (no longer running)")
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()}\n")
-            self.held = True
-            return self
-        raise TrainingError(f"{self.path}: could not take the lock (another run keeps taking it)")
-
-    def release(self) -> None:
-        if self.held and _read_pid(self.path) == os.getpid():
-            self.path.unlink(missing_ok=True)
-        self.held = False
-
-
-def _saved_batch(filename: Path) -> float:
-    """``batch_idx_train`` of a checkpoint (inf when it cannot be read)."""
-    import torch
-
-    try:
-        return float(torch.load(filename, map_location="cpu", weights_only=True, mmap=True)["batch_idx_train"])
-    except Exception:
-        return math.inf
-
-
-def _read_pid(path: Path) -> Optional[int]:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def move_abandoned(exp_dir: Path, batch_idx_train: int, epoch: int) -> List[Path]:
-    """Move what a previous run wrote after the resume point into
-    ``abandoned-<time>/``: ``checkpoint-N.pt`` with N > ``batch_idx_train``,
-    ``epoch-M.pt`` with M >= ``epoch`` (the first epoch this run trains) and
-    ``best-*.pt`` saved after ``batch_idx_train``. Returns the moved files."""
-    from icefall.checkpoint import find_checkpoints
-
-    exp_dir = Path(exp_dir)
-    moved = [p for p in find_checkpoints(exp_dir) if int(p.stem.split("-")[1]) > batch_idx_train]
-    for p in exp_dir.glob("epoch-*.pt"):
-        m = re.fullmatch(r"epoch-(\d+)\.pt", p.name)
-        if m and int(m[1]) >= epoch:
-            moved.append(p)
-    for p in exp_dir.glob("best-*-loss.pt"):
-        if _saved_batch(p) > batch_idx_train:
-            moved.append(p)
-    if not moved:
-        return []
-    dest = exp_dir / f"abandoned-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    dest.mkdir(exist_ok=True)
-    for p in moved:
-        os.replace(p, dest / p.name)
-    logging.warning(
-        f"moved {len(moved)} file(s) of an earlier run written after this run's start "
-        f"(global batch {batch_idx_train}) into {dest}: {', '.join(sorted(p.name for p in moved))}"
-    )
-    return moved
-
-
-# ------------------------------------------------------------- RNG state
-
-
-def get_rng_state() -> Dict[str, Any]:
-    """Every random state a resumed run needs to draw the same numbers (plain tensors/tuples)."""
-    import random
-
-    import numpy as np
-    import torch
-
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    import random
-
-    import numpy as np
-    import torch
-
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def fix_random_seed(seed: int) -> None:
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-# ------------------------------------------------------------ usable cuts
-
-
-@dataclass
-class CutFilter:
-    """Keeps a cut when its duration is in ``[min_duration, max_duration]``
-    and the model keeps at least as many frames as the text has tokens.
-
-    Counts what it drops and the characters the BPE model does not know
-    (they become ``<unk>``); :meth:`summary` says so in one line.
-    """
-
-    sp: Any
-    frames_after_subsampling: Callable[[int], int]
-    min_duration: float = 0.0
-    max_duration: float = math.inf
-    kept: int = 0
-    bad_duration: int = 0
-    too_short: int = 0  # fewer frames after subsampling than tokens
-    unk_cuts: int = 0
-    unk_chars: Dict[str, int] = field(default_factory=dict)
-
-    def __call__(self, cut) -> bool:
-        if not self.min_duration <= cut.duration <= self.max_duration:
-            self.bad_duration += 1
-            return False
-        text = cut.supervisions[0].text
-        ids = self.sp.encode(text, out_type=int)
-        if self.sp.unk_id() in ids:
-            self.unk_cuts += 1
-            for ch in set(text) - {" "}:
-                if self.sp.unk_id() in self.sp.encode(ch, out_type=int):
-                    self.unk_chars[ch] = self.unk_chars.get(ch, 0) + text.count(ch)
-        num_frames = cut.num_frames if cut.num_frames else int(round(cut.duration * 100))
-        if self.frames_after_subsampling(num_frames) < max(1, len(ids)):
-            self.too_short += 1
-            return False
-        self.kept += 1
-        return True
-
-    def summary(self, name: str) -> str:
-        dropped = self.bad_duration + self.too_short
-        line = (f"{name}: kept {self.kept} of {self.kept + dropped} cuts; dropped {self.too_short} too short "
-                f"for the subsampling or with more tokens than frames")
-        if self.max_duration < math.inf or self.min_duration > 0:
-            line += f", {self.bad_duration} outside [{self.min_duration:g}, {self.max_duration:g}] s"
-        if self.unk_cuts:
-            chars = ", ".join(f"{c!r} x{n}" for c, n in sorted(self.unk_chars.items(), key=lambda x: -x[1])[:10])
-            line += f"; {self.unk_cuts} cut(s) have characters outside the BPE model, mapped to <unk>: {chars}"
-        return line
-
-
-def scan_cuts(cuts, keep: CutFilter) -> float:
-    """Run ``keep`` over every cut once (for the counts); the seconds of audio kept."""
-    seconds = 0.0
-    for cut in cuts:
-        if keep(cut):
-            seconds += cut.duration
-    return seconds
 
 
 # ----------------------------------------------------------------- signals
@@ -718,15 +512,10 @@ def run(rank: int, world_size: int, args: argparse.Namespace, recipe: Recipe) ->
 
 
 def _run(rank: int, world_size: int, args: argparse.Namespace, recipe: Recipe) -> None:
-    import copy
-
     import torch
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from icefall.asr_datamodule import AsrDataModule
-    from icefall.checkpoint import atomic_copy
     from icefall.dist import cleanup_dist, setup_dist
-    from icefall.tokens import load_bpe_model
+    from icefall.expdir import ExpDirLock
     from icefall.utils import setup_logger
 
     stop = StopFlag()
@@ -742,79 +531,107 @@ def _run(rank: int, world_size: int, args: argparse.Namespace, recipe: Recipe) -
         logging.info(f"Training started on {device} with {world_size} process(es), "
                      f"{torch.get_num_threads()} CPU thread(s) each")
         logging.info(f"params: {dict(params)}")
-
-        sp = load_bpe_model(params.bpe_model)
-        params.vocab_size, params.blank_id = sp.get_piece_size(), 0
-        model, config = recipe.build_model(params)
-        logging.info(f"Number of model parameters: {sum(p.numel() for p in model.parameters())}")
-        model_avg = copy.deepcopy(model).to(torch.float64) if rank == 0 else None
-        model.to(device)
-        optimizer, scheduler = recipe.build_optimizer(params, model)
-        scaler = torch.amp.GradScaler("cuda", init_scale=1.0 if recipe.small_grad_scale else 2.0**16,
-                                      enabled=params.use_fp16 and device.type == "cuda")
-        if params.use_fp16 and device.type != "cuda":
-            logging.warning("--use-fp16 needs CUDA; training in float32 (--use-bf16 works on CPU)")
-        ckpt = resume(params, model, model_avg, optimizer, scheduler, scaler)
-        if rank == 0:
-            move_abandoned(params.exp_dir, params.batch_idx_train, params.cur_epoch)
-        if world_size > 1:
-            unused = bool(recipe.find_unused_parameters and recipe.find_unused_parameters(params))
-            model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                        find_unused_parameters=unused)
-
-        data = AsrDataModule(args)
-        train_cuts, valid_cuts = data.train_cuts(), data.valid_cuts()
-        train_keep = CutFilter(sp, recipe.frames_after_subsampling, params.min_duration, params.max_cut_duration)
-        valid_keep = CutFilter(sp, recipe.frames_after_subsampling)
-        if rank == 0:  # one pass over the cut lists, for the counts and the progress estimate
-            train_seconds = scan_cuts(train_cuts, train_keep)
-            scan_cuts(valid_cuts, valid_keep)
-            logging.info(train_keep.summary("training set"))
-            logging.info(valid_keep.summary("validation set"))
-            if not params.batches_per_epoch:  # an estimate until an epoch has been seen
-                params.batches_per_epoch = max(1, math.ceil(train_seconds / params.max_duration / world_size))
-        train_cuts, valid_cuts = train_cuts.filter(train_keep), valid_cuts.filter(valid_keep)
-        valid_dl = data.valid_dataloaders(valid_cuts)
-        tb = make_tb_writer(params.exp_dir / "tensorboard") if rank == 0 and params.tensorboard else None
-        trainer = Trainer(params, recipe, model, model_avg, optimizer, scheduler, scaler, sp, rank, tb, config, stop)
-
-        first_epoch = params.cur_epoch
+        trainer, ckpt = _set_up(params, args, recipe, rank, world_size, device, stop)
         try:
-            for epoch in range(first_epoch, params.num_epochs + 1):
-                params.cur_epoch = epoch
-                scheduler.step_epoch(epoch - 1)
-                mid_epoch = ckpt is not None and epoch == first_epoch and params.start_batch > 0
-                if not mid_epoch:
-                    fix_random_seed(params.seed + epoch - 1)
-                    params.cur_batch_idx = 0
-                train_dl = data.train_dataloaders(train_cuts, sampler_state_dict=ckpt["sampler"] if mid_epoch else None)
-                if not mid_epoch:
-                    train_dl.sampler.set_epoch(epoch - 1)
-                if tb is not None:
-                    tb.add_scalar("train/epoch", epoch, params.batch_idx_train)
-                finished = trainer.train_one_epoch(train_dl, valid_dl, ckpt["rng_state"] if mid_epoch else None)
-                if not finished:
-                    logging.info(f"stopping after --max-batches {params.max_batches}")
-                    break
-                filename = params.exp_dir / f"epoch-{epoch}.pt"
-                trainer.save(filename, train_dl.sampler)
-                if rank == 0:
-                    for which in ("train", "valid"):
-                        if params[f"best_{which}_epoch"] == epoch:
-                            atomic_copy(filename, params.exp_dir / f"best-{which}-loss.pt")
-        except TrainingStopped as e:
-            b = params.batch_idx_train
-            logging.error(f"stopped by {signal.Signals(e.signum).name} after global batch {b}; saved "
-                          f"{params.exp_dir / f'checkpoint-{b}.pt'}; resume with --start-batch {b}")
-            raise
+            _train_epochs(trainer, ckpt)
         finally:
-            if tb is not None:
-                tb.close()
+            if trainer.tb is not None:
+                trainer.tb.close()
         logging.info("Done!")
         cleanup_dist()
     finally:
         if lock is not None:
             lock.release()
+
+
+def _set_up(params, args, recipe: Recipe, rank: int, world_size: int, device, stop: StopFlag):
+    """The model, running average, optimizer, scheduler and scaler, resumed
+    if asked, and the data; returns ``(trainer, resumed checkpoint or None)``."""
+    import copy
+
+    import torch
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from icefall.expdir import move_abandoned
+    from icefall.tokens import load_bpe_model
+
+    sp = load_bpe_model(params.bpe_model)
+    params.vocab_size, params.blank_id = sp.get_piece_size(), 0
+    model, config = recipe.build_model(params)
+    logging.info(f"Number of model parameters: {sum(p.numel() for p in model.parameters())}")
+    model_avg = copy.deepcopy(model).to(torch.float64) if rank == 0 else None
+    model.to(device)
+    optimizer, scheduler = recipe.build_optimizer(params, model)
+    scaler = torch.amp.GradScaler("cuda", init_scale=1.0 if recipe.small_grad_scale else 2.0**16,
+                                  enabled=params.use_fp16 and device.type == "cuda")
+    if params.use_fp16 and device.type != "cuda":
+        logging.warning("--use-fp16 needs CUDA; training in float32 (--use-bf16 works on CPU)")
+    ckpt = resume(params, model, model_avg, optimizer, scheduler, scaler)
+    if rank == 0:
+        move_abandoned(params.exp_dir, params.batch_idx_train, params.cur_epoch)
+    if world_size > 1:
+        unused = bool(recipe.find_unused_parameters and recipe.find_unused_parameters(params))
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                    find_unused_parameters=unused)
+    tb = make_tb_writer(params.exp_dir / "tensorboard") if rank == 0 and params.tensorboard else None
+    trainer = Trainer(params, recipe, model, model_avg, optimizer, scheduler, scaler, sp, rank, tb, config, stop)
+    trainer.data, trainer.train_cuts, trainer.valid_dl = _data(params, args, recipe, sp, rank, world_size)
+    return trainer, ckpt
+
+
+def _data(params, args, recipe: Recipe, sp, rank: int, world_size: int):
+    """The data module, the usable training cuts and the validation loader
+    (cuts too short for the model dropped from both, and counted)."""
+    from icefall.asr_datamodule import AsrDataModule, CutFilter, scan_cuts
+
+    data = AsrDataModule(args)
+    train_cuts, valid_cuts = data.train_cuts(), data.valid_cuts()
+    train_keep = CutFilter(sp, recipe.frames_after_subsampling, params.min_duration, params.max_cut_duration)
+    valid_keep = CutFilter(sp, recipe.frames_after_subsampling)
+    if rank == 0:  # one pass over the cut lists, for the counts and the progress estimate
+        train_seconds = scan_cuts(train_cuts, train_keep)
+        scan_cuts(valid_cuts, valid_keep)
+        logging.info(train_keep.summary("training set"))
+        logging.info(valid_keep.summary("validation set"))
+        if not params.batches_per_epoch:  # an estimate until an epoch has been seen
+            params.batches_per_epoch = max(1, math.ceil(train_seconds / params.max_duration / world_size))
+    return data, train_cuts.filter(train_keep), data.valid_dataloaders(valid_cuts.filter(valid_keep))
+
+
+def _train_epochs(trainer: "Trainer", ckpt: Optional[Dict]) -> None:
+    """The epochs from the resume point on: epoch-N.pt and best-*.pt after each."""
+    from icefall.checkpoint import atomic_copy
+
+    params, scheduler, data = trainer.params, trainer.scheduler, trainer.data
+    first_epoch = params.cur_epoch
+    try:
+        for epoch in range(first_epoch, params.num_epochs + 1):
+            params.cur_epoch = epoch
+            scheduler.step_epoch(epoch - 1)
+            mid_epoch = ckpt is not None and epoch == first_epoch and params.start_batch > 0
+            if not mid_epoch:
+                fix_random_seed(params.seed + epoch - 1)
+                params.cur_batch_idx = 0
+            train_dl = data.train_dataloaders(trainer.train_cuts,
+                                              sampler_state_dict=ckpt["sampler"] if mid_epoch else None)
+            if not mid_epoch:
+                train_dl.sampler.set_epoch(epoch - 1)
+            if trainer.tb is not None:
+                trainer.tb.add_scalar("train/epoch", epoch, params.batch_idx_train)
+            if not trainer.train_one_epoch(train_dl, trainer.valid_dl, ckpt["rng_state"] if mid_epoch else None):
+                logging.info(f"stopping after --max-batches {params.max_batches}")
+                break
+            filename = params.exp_dir / f"epoch-{epoch}.pt"
+            trainer.save(filename, train_dl.sampler)
+            if trainer.rank == 0:
+                for which in ("train", "valid"):
+                    if params[f"best_{which}_epoch"] == epoch:
+                        atomic_copy(filename, params.exp_dir / f"best-{which}-loss.pt")
+    except TrainingStopped as e:
+        b = params.batch_idx_train
+        logging.error(f"stopped by {signal.Signals(e.signum).name} after global batch {b}; saved "
+                      f"{params.exp_dir / f'checkpoint-{b}.pt'}; resume with --start-batch {b}")
+        raise
 
 
 # ------------------------------------------------------------- launching
@@ -824,6 +641,8 @@ def run_training(parser: argparse.ArgumentParser, recipe: Recipe, argv: Optional
     """Parse the flags, check them and the input files, take the exp-dir
     lock and train in one process, ``--world-size`` spawned processes, or
     the processes torchrun started. User mistakes exit 2 with one line."""
+    from icefall.expdir import ExpDirInUse
+
     args = finish_parser(parser).parse_args(argv)
     args.exp_dir = Path(args.exp_dir)
     prog = Path(sys.argv[0]).name
@@ -833,13 +652,14 @@ def run_training(parser: argparse.ArgumentParser, recipe: Recipe, argv: Optional
             recipe.check_args(args)
         check_inputs(args)
         _launch(args, recipe)
-    except TrainingError as e:
+    except (TrainingError, ExpDirInUse) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(_EXIT_USAGE)
 
 
 def _launch(args: argparse.Namespace, recipe: Recipe) -> None:
     from icefall.dist import free_port, launched_by_torchrun
+    from icefall.expdir import ExpDirLock
 
     args.lock_held = False
     if args.world_size == 1 or launched_by_torchrun():

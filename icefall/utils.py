@@ -1,4 +1,4 @@
-"""Small utilities shared by every recipe: flags, logging, metrics, env info."""
+"""Small utilities shared by every recipe: flags, logging, metrics, env info, random states."""
 
 import argparse
 import logging
@@ -174,3 +174,47 @@ def make_pad_mask(lengths: torch.Tensor, max_len: int = 0) -> torch.Tensor:
     """``[B]`` lengths -> ``[B, T]`` bool mask, True at padded positions."""
     max_len = max(max_len, int(lengths.max()) if lengths.numel() else 0)
     return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
+
+
+
+def get_rng_state() -> Dict[str, Any]:
+    """Every random state a resumed run needs to draw the same numbers (plain tensors/tuples)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fix_random_seed(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from icefall.checkpoint import find_checkpoints, load_file
-from icefall.trainer import ExpDirLock, TrainingError, make_tb_writer
+from icefall.expdir import ExpDirInUse, ExpDirLock
+from icefall.trainer import make_tb_writer
 from recipe_fixture import REPO, env
 from test_recipe_train import batch_losses
 
@@ -134,7 +135,7 @@ def test_a_stale_lock_is_taken_over_and_a_live_one_refused(tmp_path, caplog):
     live = subprocess.Popen(["sleep", "30"])
     try:
         (tmp_path / ".lock").write_text(f"{live.pid}\n")
-        with pytest.raises(TrainingError, match=f"pid {live.pid}"):
+        with pytest.raises(ExpDirInUse, match=f"pid {live.pid}"):
             ExpDirLock(tmp_path).acquire()
     finally:
         live.kill()
