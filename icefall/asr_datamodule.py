@@ -21,8 +21,10 @@ Corpora and their cut files (``--dataset auto`` picks the one present):
 import argparse
 import inspect
 import logging
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch.utils.data import DataLoader
@@ -46,16 +48,22 @@ CORPORA = {
 
 
 class _SeedWorkers:
-    """Different, reproducible random state in each dataloader worker."""
+    """Different, reproducible random state in each dataloader worker (when
+    ``seed`` is given). Workers ignore Ctrl-C: the training process gets it
+    too and stops after its current step, which needs the workers alive."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: Optional[int]):
         self.seed = seed
 
     def __call__(self, worker_id: int) -> None:
         import random
+        import signal
 
         import numpy as np
 
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if self.seed is None:
+            return
         seed = self.seed + worker_id
         random.seed(seed)
         np.random.seed(seed % 2**32)
@@ -255,7 +263,7 @@ class AsrDataModule:
             batch_size=None,  # the sampler yields whole batches (CutSets)
             num_workers=workers,
             persistent_workers=False,
-            worker_init_fn=_SeedWorkers(getattr(self.args, "seed", 0) or 0) if seed_workers and workers else None,
+            worker_init_fn=_SeedWorkers((getattr(self.args, "seed", 0) or 0) if seed_workers else None),
         )
 
     def train_dataloaders(self, cuts_train, sampler_state_dict: Optional[Dict[str, Any]] = None) -> DataLoader:
@@ -319,3 +327,62 @@ def _concat(cuts_list):
 
 def _has_option(parser: argparse.ArgumentParser, flag: str) -> bool:
     return any(flag in a.option_strings for a in parser._actions)
+
+
+
+@dataclass
+class CutFilter:
+    """Keeps a cut when its duration is in ``[min_duration, max_duration]``
+    and the model keeps at least as many frames as the text has tokens.
+
+    Counts what it drops and the characters the BPE model does not know
+    (they become ``<unk>``); :meth:`summary` says so in one line.
+    """
+
+    sp: Any
+    frames_after_subsampling: Callable[[int], int]
+    min_duration: float = 0.0
+    max_duration: float = math.inf
+    kept: int = 0
+    bad_duration: int = 0
+    too_short: int = 0  # fewer frames after subsampling than tokens
+    unk_cuts: int = 0
+    unk_chars: Dict[str, int] = field(default_factory=dict)
+
+    def __call__(self, cut) -> bool:
+        if not self.min_duration <= cut.duration <= self.max_duration:
+            self.bad_duration += 1
+            return False
+        text = cut.supervisions[0].text
+        ids = self.sp.encode(text, out_type=int)
+        if self.sp.unk_id() in ids:
+            self.unk_cuts += 1
+            for ch in set(text) - {" "}:
+                if self.sp.unk_id() in self.sp.encode(ch, out_type=int):
+                    self.unk_chars[ch] = self.unk_chars.get(ch, 0) + text.count(ch)
+        num_frames = cut.num_frames if cut.num_frames else int(round(cut.duration * 100))
+        if self.frames_after_subsampling(num_frames) < max(1, len(ids)):
+            self.too_short += 1
+            return False
+        self.kept += 1
+        return True
+
+    def summary(self, name: str) -> str:
+        dropped = self.bad_duration + self.too_short
+        line = (f"{name}: kept {self.kept} of {self.kept + dropped} cuts; dropped {self.too_short} too short "
+                f"for the subsampling or with more tokens than frames")
+        if self.max_duration < math.inf or self.min_duration > 0:
+            line += f", {self.bad_duration} outside [{self.min_duration:g}, {self.max_duration:g}] s"
+        if self.unk_cuts:
+            chars = ", ".join(f"{c!r} x{n}" for c, n in sorted(self.unk_chars.items(), key=lambda x: -x[1])[:10])
+            line += f"; {self.unk_cuts} cut(s) have characters outside the BPE model, mapped to <unk>: {chars}"
+        return line
+
+
+def scan_cuts(cuts, keep: CutFilter) -> float:
+    """Run ``keep`` over every cut once (for the counts); the seconds of audio kept."""
+    seconds = 0.0
+    for cut in cuts:
+        if keep(cut):
+            seconds += cut.duration
+    return seconds

@@ -49,23 +49,87 @@ def _umask() -> int:
     return mask
 
 
+# Our temporary files: ".<name>.<pid>-<random>.tmp" beside the target.
+_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[a-z0-9_]{8}\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: PathLike) -> List[Path]:
+    """Delete the temporary files that a killed save left in ``folder``:
+    only names of our own pattern, and only of processes no longer running
+    (a save going on in another process is left alone). Returns them."""
+    removed = []
+    for p in Path(folder).glob(".*.tmp"):
+        m = _TMP_NAME.match(p.name)
+        if m and int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"])):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+class _RecordingWriter:
+    """A file wrapper that remembers the first exception its ``write`` raised,
+    so that the original cause (ENOSPC, Ctrl-C) can be re-raised instead of
+    the RuntimeError that torch.save turns it into."""
+
+    def __init__(self, f: BinaryIO):
+        self._f = f
+        self.error: Optional[BaseException] = None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except BaseException as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+
 @contextmanager
 def _atomic_write(filename: PathLike) -> Iterator[BinaryIO]:
     """Write through a temporary file in the same folder, fsync and rename, so
-    that ``filename`` is always either the old or the new file, whole."""
+    that ``filename`` is always either the old or the new file, whole.
+
+    Leftover temporary files of killed saves are removed first. When the
+    write fails (e.g. disk full) or is interrupted (Ctrl-C), the temporary
+    file is removed and the original cause is raised: an ``OSError`` naming
+    ``filename``, or the ``KeyboardInterrupt`` itself.
+    """
     filename = Path(filename)
     filename.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=filename.parent, prefix=f".{filename.name}.", suffix=".tmp")
+    remove_stale_temp_files(filename.parent)
+    fd, tmp = tempfile.mkstemp(dir=filename.parent, prefix=f".{filename.name}.{os.getpid()}-", suffix=".tmp")
+    writer = None
     try:
         with os.fdopen(fd, "wb") as f:
-            yield f
+            writer = _RecordingWriter(f)
+            yield writer
             f.flush()
             os.fsync(f.fileno())
         # mkstemp makes the file private (0600); give it the mode open() would
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, filename)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        cause = writer.error if writer is not None and writer.error is not None else e
+        if isinstance(cause, OSError):
+            raise OSError(cause.errno, f"cannot write {filename}: {cause.strerror or cause}") from None
+        if cause is not e:
+            raise cause from None
         raise
     # Make the rename itself durable.
     dir_fd = os.open(filename.parent, os.O_RDONLY)

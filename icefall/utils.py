@@ -1,4 +1,4 @@
-"""Small utilities shared by every recipe: flags, logging, metrics, env info."""
+"""Small utilities shared by every recipe: flags, logging, metrics, env info, random states."""
 
 import argparse
 import logging
@@ -53,11 +53,15 @@ def get_rank_and_world_size() -> "tuple[int, int]":
     return 0, 1
 
 
-def setup_logger(log_filename: PathLike, log_level: str = "info", use_console: bool = True) -> Path:
+def setup_logger(
+    log_filename: PathLike, log_level: str = "info", use_console: bool = True, console_level: str = "warning"
+) -> Path:
     """Log to ``<log_filename>-<date>[-<rank>]`` and to the console.
 
     In a multi-process job each rank writes its own file and its lines are
-    prefixed with the rank. Returns the path of the log file.
+    prefixed with the rank. With ``use_console=False`` (e.g. DDP ranks other
+    than 0) only messages at ``console_level`` or above reach the console.
+    Returns the path of the log file.
     """
     now = datetime.now().strftime("%Y-%m-%d-%H-%M-%S")
     rank, world_size = get_rank_and_world_size()
@@ -70,8 +74,10 @@ def setup_logger(log_filename: PathLike, log_level: str = "info", use_console: b
     path.parent.mkdir(parents=True, exist_ok=True)
     level = getattr(logging, log_level.upper())
     handlers: list = [logging.FileHandler(path, mode="w")]
-    if use_console:
-        handlers.append(logging.StreamHandler())
+    console = logging.StreamHandler()
+    if not use_console:
+        console.setLevel(getattr(logging, console_level.upper()))
+    handlers.append(console)
     logging.basicConfig(level=level, format=fmt, handlers=handlers, force=True)
     return path
 
@@ -88,7 +94,7 @@ class MetricsTracker(defaultdict):
 
     def __add__(self, other: "MetricsTracker") -> "MetricsTracker":
         out = MetricsTracker()
-        for k in set(self) | set(other):
+        for k in list(self) + [k for k in other if k not in self]:  # keeps the order of the keys
             out[k] = self.get(k, 0) + other.get(k, 0)
         return out
 
@@ -168,3 +174,47 @@ def make_pad_mask(lengths: torch.Tensor, max_len: int = 0) -> torch.Tensor:
     """``[B]`` lengths -> ``[B, T]`` bool mask, True at padded positions."""
     max_len = max(max_len, int(lengths.max()) if lengths.numel() else 0)
     return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
+
+
+
+def get_rng_state() -> Dict[str, Any]:
+    """Every random state a resumed run needs to draw the same numbers (plain tensors/tuples)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fix_random_seed(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -84,3 +84,21 @@ def make_tiny_recipe(root: Path) -> TinyRecipe:
     recipe.train(str(recipe.exp_dir), "--num-epochs", str(NUM_EPOCHS), "--average-period", "1",
                  "--save-every-n", "4", "--keep-last-k", "3")
     return recipe
+
+
+# A tiny Zipformer (two stacks of one layer) for the zipformer recipe's tests.
+TINY_ZIPFORMER = [
+    "--num-encoder-layers", "1,1", "--downsampling-factor", "1,2", "--feedforward-dim", "64,64",
+    "--num-heads", "2", "--encoder-dim", "32,32", "--encoder-unmasked-dim", "24,24",
+    "--query-head-dim", "8", "--value-head-dim", "4", "--pos-head-dim", "2", "--pos-dim", "16",
+    "--cnn-module-kernel", "15,15", "--decoder-dim", "32", "--joiner-dim", "32",
+]
+
+
+def zipformer_train_args(recipe: TinyRecipe, exp_dir: str, *extra: str) -> List[str]:
+    """zipformer/train.py on the tiny corpus: both heads, the loss weights
+    already warm (--warm-step 1) so that losses of different batches compare."""
+    return ["zipformer/train.py", "--exp-dir", exp_dir, "--bpe-model", str(recipe.lang_dir / "bpe.model"),
+            "--max-duration", "40", "--num-buckets", "2", "--num-workers", "0", "--warm-step", "1",
+            "--use-ctc", "1", "--base-lr", "0.3", "--lr-batches", "50", "--lr-epochs", "2",
+            "--tensorboard", "False", *TINY_ZIPFORMER, *extra]

@@ -103,6 +103,14 @@ def test_ddp_with_two_cpu_processes(tiny_recipe):
     # The two processes share the cores instead of each taking all of them.
     threads = int(re.search(r"process\(es\), (\d+) CPU thread\(s\) each", out.stderr)[1])
     assert 2 * threads <= max(2, len(os.sched_getaffinity(0)))
-    assert "(0/2)" in out.stderr and "(1/2)" in out.stderr  # both ranks logged
+    # Only rank 0 logs to the console; each rank writes its own log file.
+    assert "(0/2)" in out.stderr and "(1/2)" not in out.stderr
+    logs = sorted((tiny_recipe.workdir / "exp_ddp/log").glob("log-train-*"))
+    assert [p.name[-2:] for p in logs] == ["-0", "-1"], logs
+    assert "(1/2)" in logs[1].read_text() and "loss per frame" in logs[1].read_text()
+    assert "find_unused_parameters" not in out.stderr  # DDP's warning when nothing is unused
+    assert out.stderr.count("params: {") == 1  # the config, printed once
+    # Progress: batch i/N with the ETA of the epoch and of the run (rank 0).
+    assert re.search(r"Epoch 1, batch 1/\d+ \(global 1\), .*; ETA epoch \d+m\d\ds, run \d+m\d\ds", out.stderr)
     ckpt = load_file(tiny_recipe.workdir / "exp_ddp/checkpoint-2.pt")
     assert not any(k.startswith("module.") for k in ckpt["model"])  # stored without DDP's prefix

@@ -83,3 +83,15 @@ def test_importing_one_module_does_not_import_the_others():
     assert not _modules_after("import icefall.checkpoint") & HEAVY
     assert not _modules_after("import icefall.tokens") & (HEAVY | {"torch"})
     assert not _modules_after("import icefall.utils") & HEAVY
+
+
+def test_metrics_tracker_sum_keeps_the_order_of_the_keys():
+    # The loss line of train.py prints the entries in this order.
+    a = MetricsTracker()
+    for k in ("frames", "loss", "simple_loss", "pruned_loss", "ctc_loss"):
+        a[k] = 1.0
+    b = MetricsTracker()
+    b["extra"] = 2.0
+    for total in (MetricsTracker() + a, a * 0.5 + a, a + b):
+        assert list(total)[:5] == ["frames", "loss", "simple_loss", "pruned_loss", "ctc_loss"]
+    assert list(a + b) == list(a) + ["extra"]
