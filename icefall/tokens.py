@@ -84,12 +84,21 @@ class SymbolTable:
         return text.replace("\u2581", " ").strip()
 
 
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise TokenFileError(f"{path}:{line}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                             f"{e.start}); is it a tokens.txt?") from None
+
+
 def _read_pairs(filename: PathLike) -> List[Tuple[str, int]]:
     path = Path(filename)
     if not path.is_file():
         raise TokenFileError(f"{path}: token file not found")
     pairs = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(_read_utf8(path).splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
@@ -132,7 +141,7 @@ def read_lexicon(filename: PathLike) -> Lexicon:
     if not path.is_file():
         raise TokenFileError(f"{path}: lexicon file not found")
     lexicon = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(_read_utf8(path).splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
