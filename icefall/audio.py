@@ -16,10 +16,12 @@ from typing import Union
 
 import numpy as np
 
+from icefall.cli import UserError
+
 PathLike = Union[str, Path]
 
 
-class AudioFileError(ValueError):
+class AudioFileError(UserError, ValueError):
     """An audio file that cannot be used; the message names the file."""
 
 

@@ -32,6 +32,8 @@ from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Union
 import torch
 from torch import nn
 
+from icefall.cli import UserError
+
 PathLike = Union[str, Path]
 
 # Keys that would identify the machine a model was trained on. icefall's
@@ -39,7 +41,7 @@ PathLike = Union[str, Path]
 _HOST_KEYS = re.compile(r"host|ip[_ ]?addr|ip$", re.IGNORECASE)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, truncated or not what was asked for."""
 
 
@@ -515,6 +517,9 @@ def select_checkpoints(
 ) -> CheckpointSelection:
     """Turn icefall's checkpoint flags into the list of files to read.
 
+    Raises :class:`CheckpointError` (one line naming the flags) when they
+    ask for files that cannot exist or are not there.
+
     - ``--iter N > 0``: batch checkpoints at or before N, newest first.
     - otherwise ``epoch-*.pt`` files ending at ``--epoch``.
     - ``--use-averaged-model True`` needs one file more than ``--avg``: the
@@ -525,7 +530,7 @@ def select_checkpoints(
         f"--iter {iter}" if iter > 0 else f"--epoch {epoch}"
     ) + f" --avg {avg} --use-averaged-model {use_averaged_model}"
     if avg < 1:
-        raise ValueError(f"--avg must be at least 1, got {avg}")
+        raise CheckpointError(f"--avg must be at least 1, got {avg}")
     if iter > 0:
         files = find_checkpoints(exp_dir, iteration=-iter)
         needed = avg + 1 if use_averaged_model else avg
@@ -541,7 +546,7 @@ def select_checkpoints(
     if use_averaged_model:
         start = epoch - avg
         if start < 1:
-            raise ValueError(
+            raise CheckpointError(
                 f"{flags}: the averaged model needs epoch {start} to exist; lower --avg "
                 "or use --use-averaged-model False"
             )

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence, Tuple, Union
 
+from icefall.cli import UserError
+
 PathLike = Union[str, Path]
 
 # Special symbols of our BPE vocabularies, as in icefall's lang_bpe_* dirs.
@@ -25,7 +27,7 @@ SOS_EOS = "<sos/eos>"
 UNK = "<unk>"
 
 
-class TokenFileError(ValueError):
+class TokenFileError(UserError, ValueError):
     """A token or lexicon file that cannot be used; the message names the file."""
 
 

@@ -32,9 +32,13 @@ Decode with ./pruned_transducer_stateless3/onnx_pretrained.py or sherpa-onnx.
 import argparse
 import copy
 import logging
+import os
 import shutil
 import sys
+import tempfile
+import uuid
 import warnings
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -43,25 +47,31 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from icefall.checkpoint import CheckpointError, add_checkpoint_arguments  # noqa: E402
-from icefall.tokens import TokenFileError, read_tokens  # noqa: E402
+from icefall.checkpoint import add_checkpoint_arguments  # noqa: E402
+from icefall.cli import check_inputs_exist, make_parser, run_main  # noqa: E402
+from icefall.tokens import read_tokens  # noqa: E402
 from icefall.utils import str2bool  # noqa: E402
 from jit import TraceableEncoder, check_close, convert_scaled_to_plain, example_features  # noqa: E402
-from model import add_model_arguments, load_model  # noqa: E402
+from icefall.onnx_decode import subsampling_metadata  # noqa: E402
+from model import add_model_arguments, frames_after_subsampling, load_model  # noqa: E402
 
 OPSET = 17
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--exp-dir", type=Path, default=Path("pruned_transducer_stateless3/exp"))
-    parser.add_argument("--output-dir", type=Path, default=None, help="default: --exp-dir")
+    parser = make_parser(__doc__)
+    parser.add_argument("--exp-dir", type=Path, default=Path("pruned_transducer_stateless3/exp"),
+                        help="where the checkpoints are (and the output, without --output-dir)")
+    parser.add_argument("--output-dir", type=Path, default=None, help="where to write (None: --exp-dir)")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="an exported pretrained.pt; if given, --epoch/--iter/--avg are not used")
-    parser.add_argument("--tokens", type=Path, default=Path("data/lang_bpe_500/tokens.txt"))
+    parser.add_argument("--tokens", type=Path, default=Path("data/lang_bpe_500/tokens.txt"),
+                        help="tokens.txt of the model (copied beside the ONNX files)")
     add_checkpoint_arguments(parser)
     parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset version")
-    parser.add_argument("--int8", type=str2bool, default=True, help="also write *.int8.onnx")
+    parser.add_argument("--int8", type=str2bool, default=True, help="also write *.int8.onnx (true/false)")
+    parser.add_argument("--verbose", type=str2bool, default=False,
+                        help="show onnxruntime's quantizer output (true/false)")
     add_model_arguments(parser)
     return parser
 
@@ -123,18 +133,79 @@ def _export(module: nn.Module, args, path: Path, input_names, output_names,
                           dynamic_axes=dynamic_axes)
 
 
-def export_onnx(model: nn.Module, out_dir: Path, opset: int = OPSET,
-                int8: bool = True) -> Dict[str, Path]:
-    """Write encoder/decoder/joiner .onnx (and .int8.onnx) of `model` into `out_dir`.
+def export_onnx(model: nn.Module, out_dir: Path, opset: int = OPSET, int8: bool = True,
+                tokens: Optional[Path] = None, verbose: bool = False) -> Dict[str, Path]:
+    """Write encoder/decoder/joiner .onnx (and .int8.onnx) of `model`, and a
+    copy of `tokens`, into `out_dir`.
 
-    Each graph is checked with onnx.checker, and run with onnxruntime against
-    the PyTorch modules (rtol 1e-4) at lengths other than the traced one.
-    Returns {"encoder": path, ..., "encoder.int8": path, ...}.
+    Everything is written into a temporary folder inside `out_dir` and moved
+    into place at the end, each file by an atomic rename: a failure or a
+    kill before that leaves the previous export as it was, and the shared
+    ``export_id`` in the metadata lets readers refuse a set mixed by a kill
+    during the renames. Each graph is checked with onnx.checker, and run with
+    onnxruntime against the PyTorch modules (rtol 1e-4) at lengths other
+    than the traced one. `verbose` shows onnxruntime's quantizer output.
+    Returns {"encoder": path, ..., "encoder.int8": path, ..., "tokens": path}.
     """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_work_dirs(out_dir)
+    work = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{WORK_PREFIX}{os.getpid()}-"))
+    try:
+        paths = _write_onnx_files(model, work, opset, int8, verbose)
+        if tokens is not None:
+            paths["tokens"] = work / "tokens.txt"
+            shutil.copyfile(tokens, paths["tokens"])
+        final = {}
+        for name, path in paths.items():
+            final[name] = out_dir / path.name
+            os.replace(path, final[name])
+        return final
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+WORK_PREFIX = ".export-onnx-"
+
+
+def remove_abandoned_work_dirs(out_dir: Path) -> None:
+    """Delete the temporary folders of killed export-onnx.py runs (their pid is gone)."""
+    for d in out_dir.glob(f"{WORK_PREFIX}*"):
+        pid = d.name[len(WORK_PREFIX):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def _quiet(verbose: bool):
+    """Silence onnxruntime's quantizer (its log lines and prints) unless verbose."""
+    if verbose:
+        yield
+        return
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with open(os.devnull, "w") as null, redirect_stdout(null), redirect_stderr(null):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def _write_onnx_files(model: nn.Module, out_dir: Path, opset: int, int8: bool,
+                      verbose: bool) -> Dict[str, Path]:
     import onnx
 
     model = model.to("cpu").eval()
-    out_dir.mkdir(parents=True, exist_ok=True)
     # eval() on the wrappers too: torch.onnx.export restores the top module's
     # train/eval mode recursively, which would switch dropout on.
     plain = convert_scaled_to_plain(copy.deepcopy(model))
@@ -155,16 +226,17 @@ def export_onnx(model: nn.Module, out_dir: Path, opset: int = OPSET,
     _export(joiner, (e, d), paths["joiner"], ["encoder_out", "decoder_out"], ["logit"],
             {"encoder_out": {0: "N"}, "decoder_out": {0: "N"}, "logit": {0: "N"}}, opset)
 
+    export_id = uuid.uuid4().hex  # shared by the three files of this export
     add_metadata(paths["encoder"], {
         "model_type": "conformer", "version": "1", "model_author": "icefall-pure-python",
         "comment": "pruned_transducer_stateless3", "feature_dim": model.encoder.num_features,
-        "subsampling_factor": model.encoder.subsampling_factor,
+        **subsampling_metadata(frames_after_subsampling), "export_id": export_id,
     })
     add_metadata(paths["decoder"], {
         "context_size": c, "vocab_size": model.decoder.vocab_size,
-        "blank_id": model.decoder.blank_id,
+        "blank_id": model.decoder.blank_id, "export_id": export_id,
     })
-    add_metadata(paths["joiner"], {"joiner_dim": joiner_dim})
+    add_metadata(paths["joiner"], {"joiner_dim": joiner_dim, "export_id": export_id})
 
     for name, path in paths.items():
         onnx.checker.check_model(onnx.load(str(path)))
@@ -179,8 +251,9 @@ def export_onnx(model: nn.Module, out_dir: Path, opset: int = OPSET,
             # with int8 weights (U8S8), x86 CPUs without VNNI (e.g. AVX2 only)
             # saturate intermediate sums; on this test model that made the
             # joiner's logits 18% off instead of 0.5%.
-            quantize_dynamic(model_input=str(paths[name]), model_output=str(q),
-                             op_types_to_quantize=["MatMul"], weight_type=QuantType.QUInt8)
+            with _quiet(verbose):
+                quantize_dynamic(model_input=str(paths[name]), model_output=str(q),
+                                 op_types_to_quantize=["MatMul"], weight_type=QuantType.QUInt8)
             onnx.checker.check_model(onnx.load(str(q)))
             paths[f"{name}.int8"] = q
     return paths
@@ -213,23 +286,26 @@ def check_onnx_against_torch(paths: Dict[str, Path], model: nn.Module, rtol: flo
                 joiner(e, d, project_input=False), str(paths["joiner"]), rtol)
 
 
-def main(argv: Optional[list] = None) -> int:
+def run(argv: Optional[list] = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     args = get_parser().parse_args(argv)
-    try:
-        tokens = read_tokens(args.tokens)
-        model = load_model(args, tokens, args.tokens)
-    except (CheckpointError, TokenFileError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    inputs = {"--tokens": args.tokens}
+    inputs.update({"--checkpoint": args.checkpoint} if args.checkpoint else {"--exp-dir": args.exp_dir})
+    check_inputs_exist(__file__, inputs)
+    tokens = read_tokens(args.tokens)
+    model = load_model(args, tokens, args.tokens)
     out_dir = args.output_dir or args.exp_dir
-    paths = export_onnx(model, out_dir, opset=args.opset, int8=args.int8)
-    tokens_out = out_dir / "tokens.txt"
-    if tokens_out.resolve() != args.tokens.resolve():
-        shutil.copyfile(args.tokens, tokens_out)
-    for path in list(paths.values()) + [tokens_out]:
+    same_tokens = (out_dir / "tokens.txt").resolve() == args.tokens.resolve()
+    paths = export_onnx(model, out_dir, opset=args.opset, int8=args.int8,
+                        tokens=None if same_tokens else args.tokens, verbose=args.verbose)
+    for path in paths.values():
         logging.info(f"wrote {path}: {path.stat().st_size / 2**20:.1f} MB")
     return 0
+
+
+def main(argv: Optional[list] = None) -> int:
+    """The exit code: 0, or 2 after a one-line error (a bad file or flag)."""
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":

@@ -214,9 +214,16 @@ def add_model_arguments(parser) -> None:
     training and for icefall's own files, which carry none.
     """
     group = parser.add_argument_group("model sizes (ignored when the checkpoint carries a config)")
+    help_text = {
+        "feature_dim": "fbank bins of the input", "subsampling_factor": "encoder frame rate reduction (4 only)",
+        "encoder_dim": "Conformer d_model", "nhead": "attention heads per encoder layer",
+        "dim_feedforward": "feed-forward width of an encoder layer", "num_encoder_layers": "encoder layers",
+        "cnn_module_kernel": "kernel size of the Conformer convolution module",
+        "decoder_dim": "decoder embedding size", "joiner_dim": "joiner hidden size",
+        "context_size": "decoder context: 1 bigram, 2 trigram",
+    }
     for key, default in SIZE_FLAGS.items():
-        help_text = {"encoder_dim": "Conformer d_model", "context_size": "decoder context: 1 bigram, 2 trigram"}
-        group.add_argument(f"--{key.replace('_', '-')}", type=int, default=default, help=help_text.get(key))
+        group.add_argument(f"--{key.replace('_', '-')}", type=int, default=default, help=help_text[key])
 
 
 def config_from_args(args, vocab_size: int, blank_id: int = 0) -> Dict:
