@@ -48,6 +48,9 @@ def run_main(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str
     except UserError as e:  # CheckpointError, TokenFileError, AudioFileError, ...
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except FileNotFoundError as e:  # e.g. a manifest named in the message
+        print(f"error: {_one_line(e) if e.errno is None else f'{e.filename}: {e.strerror}'}", file=sys.stderr)
+        return 2
     except OSError as e:  # disk full, permission denied, ... : name the file
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.ENOENT,
                        errno.EISDIR, errno.ENOTDIR):

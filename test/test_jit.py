@@ -45,6 +45,14 @@ def models(jit_file):
     return model, load_jit(path)
 
 
+def test_cpu_jit_offers_forward_encoder(models):
+    model, jit_model = models
+    x, x_lens = example_features(80, [40, 25])
+    with torch.no_grad():
+        for got, want in zip(jit_model.forward_encoder(x, x_lens), model.forward_encoder(x, x_lens)):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_cpu_jit_holds_no_absolute_paths_of_the_repo_or_venv(jit_file):
     import zipfile
 

@@ -246,6 +246,11 @@ class JitTransducer(nn.Module):
         """Same as ``encoder``: (encoder_out [B, T', C], encoder_out_lens [B])."""
         return self.encoder(x, x_lens)
 
+    @torch.jit.export
+    def forward_encoder(self, x: Tensor, x_lens: Tensor) -> Tuple[Tensor, Tensor]:
+        """As the eager model's: (encoder_out [B, T', C], encoder_out_lens [B])."""
+        return self.encoder(x, x_lens)
+
 
 def export_jit(model: nn.Module, path: PathLike) -> None:
     """Write a TorchScript file of `model` (a Transducer, on any device) to `path`.
