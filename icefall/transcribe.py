@@ -121,12 +121,13 @@ class Progress:
     def __init__(self, what: str, total: int, every: float = 5.0):
         self.what, self.total, self.every = what, total, every
         self.begin = self.last = time.monotonic()
+        self.logged = -1
 
     def update(self, done: int) -> None:
         now = time.monotonic()
-        if now - self.last < self.every and done < self.total:
+        if (now - self.last < self.every and done < self.total) or done == self.logged:
             return
-        self.last = now
+        self.last, self.logged = now, done
         elapsed = now - self.begin
         eta = elapsed / done * (self.total - done) if done else float("nan")
         logging.info(f"{self.what}: {done}/{self.total}, {elapsed:.0f} s elapsed, ETA {eta:.0f} s")

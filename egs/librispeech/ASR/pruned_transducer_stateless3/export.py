@@ -10,7 +10,7 @@ Usage, from egs/<dataset>/ASR:
 
 writes <exp-dir>/pretrained.pt = {"model": state_dict, "config": {...}}: the
 weights and the sizes that rebuild the model, without the optimizer and the
-other training state, so about a third of a checkpoint. It loads with
+other training state, so about a fifth of a training checkpoint. It loads with
 torch.load(..., weights_only=True). With --jit it also writes a TorchScript
 <exp-dir>/cpu_jit.pt.
 """

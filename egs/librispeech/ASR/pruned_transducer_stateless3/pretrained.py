@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from icefall.cli import check_inputs_exist, make_parser, run_main  # noqa: E402
 from icefall.transcribe import add_transcribe_arguments, transcribe_files  # noqa: E402
+from model import add_model_arguments, frames_after_subsampling, load_model  # noqa: E402
 
 
 def get_parser():
     from icefall.beam_search import DECODING_METHODS
-    from model import add_model_arguments
 
     parser = make_parser(__doc__)
     parser.add_argument("--checkpoint", type=Path, required=True,
@@ -56,7 +56,6 @@ def get_parser():
 def transcribe(model, tokens, waves: List, method: str, beam: int, max_sym: int, device) -> List[str]:
     """Decode a batch of 16 kHz waveforms in one go; returns one transcript each."""
     from icefall.torch_backend import TorchBackend
-    from model import frames_after_subsampling
 
     backend = TorchBackend(model, frames_after_subsampling, method, beam, max_sym, device)
     return [tokens.decode(h) for h in backend.search(backend.encode(backend.features(waves)))]
@@ -71,7 +70,6 @@ def run(argv: Optional[List[str]] = None) -> int:
 
     from icefall.tokens import read_tokens
     from icefall.torch_backend import TorchBackend
-    from model import frames_after_subsampling, load_model
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tokens = read_tokens(args.tokens)
