@@ -13,7 +13,10 @@ can read it)::
 An exported model is ``{"model": state_dict, "config": {...}}``.
 
 Files are written atomically: a crash while saving leaves the previous file
-as it was.
+as it was. Loading (:func:`load_file`) checks the zip CRCs, accepts icefall's
+own training checkpoints (``PosixPath`` values, ``AttributeDict``) and refuses
+any other object; every failure is a one-line :class:`CheckpointError`
+naming the file.
 """
 
 import os

@@ -15,6 +15,12 @@ Features come from kaldi-native-fbank (the extractor sherpa-onnx uses) with
 the settings of :mod:`icefall.features`; on the synth test set they differ from
 lhotse's by at most about 1e-3 (mean about 3e-6) in log-mel units.
 
+Every file carries metadata (see ``REQUIRED_METADATA``), among them an
+``export_id`` shared by the three files of one export: :class:`OnnxTransducer`
+refuses files without it or from different exports, with a one-line error.
+:class:`OnnxBackend` plugs the model into :func:`icefall.transcribe.transcribe_files`
+(batching by duration, long files in chunks).
+
 Decoding follows :mod:`icefall.beam_search`: greedy search emits at most one
 symbol per frame; modified beam search merges equal token sequences by
 log-add and picks the result by length-normalised score.
