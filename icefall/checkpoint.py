@@ -144,8 +144,8 @@ def _torch_load(path: Path, map_location, mmap: bool = False) -> Any:
 
 def _refused_global(e: BaseException) -> str:
     """The global that weights_only refused, from torch's message, or ''."""
-    m = re.search(r"(?:GLOBAL|global) ([\w.]+ [\w.]+|[\w.]+)", str(e))
-    return m.group(1).replace(" ", ".") if m else ""
+    m = re.search(r"GLOBAL ([\w.]+)", str(e))
+    return m.group(1) if m else ""
 
 
 def load_file(filename: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:

@@ -222,6 +222,22 @@ def transcribe_files(backend: Backend, paths: Sequence[PathLike], max_duration: 
     progress.update(len(paths))
 
 
+def print_results(results: Iterator[Result], decode: Callable[[List[int]], str]) -> int:
+    """Print each transcript as ``<file>:\n<text>\n`` on stdout and each error
+    as ``error: <message>`` on stderr, as they come; returns the exit code a
+    script gives: 0, or 1 if some file could not be decoded."""
+    import sys
+
+    failed = 0
+    for result in results:
+        if result.error is not None:
+            print(f"error: {result.error}", file=sys.stderr, flush=True)
+            failed += 1
+        else:
+            print(f"{result.path}:\n{decode(result.tokens)}\n", flush=True)
+    return 1 if failed else 0
+
+
 def add_transcribe_arguments(parser) -> None:
     """``--max-duration``, ``--chunk-duration`` and ``--chunk-context``."""
     parser.add_argument("--max-duration", type=float, default=200.0,

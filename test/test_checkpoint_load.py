@@ -2,7 +2,6 @@
 training checkpoints, refused pickles and strict-load messages."""
 
 import os
-import pickle
 import zipfile
 from pathlib import Path
 
@@ -63,15 +62,17 @@ class _Custom:
     pass
 
 
-@pytest.mark.parametrize("payload", [_Evil(), _Custom(), {"x": eval}],
+@pytest.mark.parametrize("payload, name", [(_Evil(), "posix.system"), (_Custom(), "_Custom"),
+                                           ({"x": eval}, "eval")],
                          ids=["os.system", "custom-class", "builtin-function"])
-def test_other_objects_are_still_refused(tmp_path, payload):
+def test_other_objects_are_still_refused(tmp_path, payload, name):
     path = tmp_path / "bad.pt"
     torch.save({"model": {}, "payload": payload}, path)
     with pytest.raises(CheckpointError) as e:
         load_file(path)
     msg = str(e.value)
     assert str(path) in msg and "refuses" in msg and "\n" not in msg
+    assert f"{name})" in msg  # the refused global, named
 
 
 def _flip_bit_in_tensor_data(path: Path, member_suffix: str = "data/0") -> None:

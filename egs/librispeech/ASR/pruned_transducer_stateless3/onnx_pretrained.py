@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
 from icefall.cli import UserError, check_inputs_exist, make_parser, run_main  # noqa: E402
 from icefall.onnx_decode import DECODERS, OnnxBackend, OnnxTransducer, skip_ids_for  # noqa: E402
 from icefall.tokens import check_tokens_fit_model, read_tokens  # noqa: E402
-from icefall.transcribe import add_transcribe_arguments, transcribe_files  # noqa: E402
+from icefall.transcribe import add_transcribe_arguments, print_results, transcribe_files  # noqa: E402
 
 
 def get_parser():
@@ -70,15 +70,9 @@ def run(argv: Optional[List[str]] = None) -> int:
     logging.info(f"decoding {len(args.sound_files)} file(s) with {args.method}")
 
     backend = OnnxBackend(model, args.method, beam=args.beam_size, skip_ids=skip_ids_for(model, tokens))
-    failed = 0
-    for result in transcribe_files(backend, args.sound_files, args.max_duration,
-                                   args.chunk_duration, args.chunk_context):
-        if result.error is not None:
-            print(f"error: {result.error}", file=sys.stderr, flush=True)
-            failed += 1
-        else:
-            print(f"{result.path}:\n{tokens.decode(result.tokens)}\n", flush=True)
-    return 1 if failed else 0
+    results = transcribe_files(backend, args.sound_files, args.max_duration,
+                               args.chunk_duration, args.chunk_context)
+    return print_results(results, tokens.decode)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

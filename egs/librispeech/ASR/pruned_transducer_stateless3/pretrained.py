@@ -32,7 +32,7 @@ from typing import List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from icefall.cli import check_inputs_exist, make_parser, run_main  # noqa: E402
-from icefall.transcribe import add_transcribe_arguments, transcribe_files  # noqa: E402
+from icefall.transcribe import add_transcribe_arguments, print_results, transcribe_files  # noqa: E402
 from model import add_model_arguments, frames_after_subsampling, load_model  # noqa: E402
 
 
@@ -78,15 +78,9 @@ def run(argv: Optional[List[str]] = None) -> int:
 
     backend = TorchBackend(model, frames_after_subsampling, args.method, args.beam_size,
                            args.max_sym_per_frame, device)
-    failed = 0
-    for result in transcribe_files(backend, args.sound_files, args.max_duration,
-                                   args.chunk_duration, args.chunk_context):
-        if result.error is not None:
-            print(f"error: {result.error}", file=sys.stderr, flush=True)
-            failed += 1
-        else:
-            print(f"{result.path}:\n{tokens.decode(result.tokens)}\n", flush=True)
-    return 1 if failed else 0
+    results = transcribe_files(backend, args.sound_files, args.max_duration,
+                               args.chunk_duration, args.chunk_context)
+    return print_results(results, tokens.decode)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
