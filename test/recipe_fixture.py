@@ -10,7 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 VOCAB = 100
@@ -28,10 +28,12 @@ class TinyRecipe:
     exp_dir: Path  # relative to workdir
     lang_dir: Path  # relative to workdir
 
-    def run(self, args: List[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
-        """Run a recipe script (``pruned_transducer_stateless3/<name>.py ...``) in workdir."""
+    def run(self, args: List[str], check: bool = True, cwd: Optional[Path] = None,
+            **kw) -> subprocess.CompletedProcess:
+        """Run a recipe script (``pruned_transducer_stateless3/<name>.py ...``) in workdir
+        (or in ``cwd``)."""
         proc = subprocess.run(
-            [sys.executable, *map(str, args)], cwd=self.workdir, env=env(), capture_output=True,
+            [sys.executable, *map(str, args)], cwd=cwd or self.workdir, env=env(), capture_output=True,
             text=True, **kw,
         )
         if check and proc.returncode != 0:

@@ -19,44 +19,45 @@ Writes recogs-<set>-<key>-<suffix>.txt, errs-... and wer-summary-... into
 greedy_search_max_sym_per_frame_<N> or beam_size_<N>.
 """
 
-import argparse
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
-
-import torch
-from tqdm import tqdm
+from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from icefall.asr_datamodule import AsrDataModule  # noqa: E402
-from icefall.beam_search import decode_batch, DECODING_METHODS  # noqa: E402
-from icefall.checkpoint import add_checkpoint_arguments  # noqa: E402
-from icefall.tokens import SymbolTable, bpe_symbol_table, load_bpe_model, read_tokens  # noqa: E402
-from icefall.utils import setup_logger  # noqa: E402
-from icefall.wer import store_transcripts, write_error_stats, write_wer_summary  # noqa: E402
-from model import add_model_arguments, load_model  # noqa: E402
+from icefall.cli import check_inputs_exist, make_parser, run_main  # noqa: E402
 
 
-def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_parser():
+    from icefall.asr_datamodule import AsrDataModule
+    from icefall.beam_search import DECODING_METHODS
+    from icefall.checkpoint import add_checkpoint_arguments
+    from model import add_model_arguments
+
+    parser = make_parser(__doc__)
     add_checkpoint_arguments(parser)
-    parser.add_argument("--exp-dir", type=Path, default=Path("pruned_transducer_stateless3/exp"))
+    parser.add_argument("--exp-dir", type=Path, default=Path("pruned_transducer_stateless3/exp"),
+                        help="where the checkpoints are; results go to <exp-dir>/<decoding-method>/")
     parser.add_argument("--bpe-model", type=Path, default=None, help="sentencepiece model (or give --tokens)")
-    parser.add_argument("--tokens", type=Path, default=None, help="tokens.txt (default: <lang-dir>/tokens.txt)")
-    parser.add_argument("--lang-dir", type=Path, default=Path("data/lang_bpe_500"))
-    parser.add_argument("--decoding-method", choices=DECODING_METHODS, default="greedy_search")
-    parser.add_argument("--beam-size", type=int, default=4)
+    parser.add_argument("--tokens", type=Path, default=None, help="tokens.txt (None: <lang-dir>/tokens.txt)")
+    parser.add_argument("--lang-dir", type=Path, default=Path("data/lang_bpe_500"),
+                        help="holds tokens.txt when neither --tokens nor --bpe-model is given")
+    parser.add_argument("--decoding-method", choices=DECODING_METHODS, default="greedy_search",
+                        help="how to search")
+    parser.add_argument("--beam-size", type=int, default=4, help="beam searches only")
     parser.add_argument("--max-sym-per-frame", type=int, default=1, help="greedy_search only")
-    parser.add_argument("--device", type=str, default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--device", type=str, default=None, help="cpu or cuda (None: cuda if available)")
     add_model_arguments(parser)
     AsrDataModule.add_arguments(parser)
     return parser
 
 
-def load_token_table(args) -> Tuple[SymbolTable, Path]:
+def load_token_table(args):
+    """(SymbolTable, the path it came from)."""
+    from icefall.tokens import bpe_symbol_table, load_bpe_model, read_tokens
+
     if args.tokens is not None:
         return read_tokens(args.tokens), args.tokens
     if args.bpe_model is not None:
@@ -65,8 +66,13 @@ def load_token_table(args) -> Tuple[SymbolTable, Path]:
     return read_tokens(path), path
 
 
-def decode_dataset(dl, model, tokens: SymbolTable, args) -> Tuple[List[Tuple[str, List[str], List[str]]], float, float]:
+def decode_dataset(dl, model, tokens, args) -> Tuple[List[Tuple[str, List[str], List[str]]], float, float]:
     """Returns (results, audio seconds, decoding seconds)."""
+    import torch
+    from tqdm import tqdm
+
+    from icefall.beam_search import decode_batch
+
     device = next(model.parameters()).device
     results, audio_seconds, decode_seconds = [], 0.0, 0.0
     for batch in tqdm(dl, desc="decoding", unit="batch"):
@@ -75,7 +81,7 @@ def decode_dataset(dl, model, tokens: SymbolTable, args) -> Tuple[List[Tuple[str
         feature_lens = sup["num_frames"].to(device)
         start = time.perf_counter()
         with torch.no_grad():
-            encoder_out, encoder_out_lens = model.encoder(feature, feature_lens)
+            encoder_out, encoder_out_lens = model.forward_encoder(feature, feature_lens)
             hyps = decode_batch(
                 model, encoder_out, encoder_out_lens, args.decoding_method,
                 beam=args.beam_size, max_sym_per_frame=args.max_sym_per_frame,
@@ -90,6 +96,8 @@ def decode_dataset(dl, model, tokens: SymbolTable, args) -> Tuple[List[Tuple[str
 
 
 def save_results(args, test_set: str, results, suffix: str) -> float:
+    from icefall.wer import store_transcripts, write_error_stats, write_wer_summary
+
     if args.decoding_method != "greedy_search":
         key = f"beam_size_{args.beam_size}"
     elif args.max_sym_per_frame == 1:
@@ -104,9 +112,19 @@ def save_results(args, test_set: str, results, suffix: str) -> float:
     return wer
 
 
-def main() -> None:
-    args = get_parser().parse_args()
-    args.exp_dir = Path(args.exp_dir)
+def run(argv: Optional[List[str]] = None) -> int:
+    args = get_parser().parse_args(argv)
+    tokens_flag = ({"--tokens": args.tokens} if args.tokens else {"--bpe-model": args.bpe_model}
+                   if args.bpe_model else {"--lang-dir": args.lang_dir})
+    check_inputs_exist(__file__, {"--exp-dir": args.exp_dir, **tokens_flag, "--manifest-dir": args.manifest_dir})
+
+    import torch
+
+    from icefall.asr_datamodule import AsrDataModule
+    from icefall.transcribe import drop_short_cuts
+    from icefall.utils import setup_logger
+    from model import frames_after_subsampling, load_model
+
     if args.iter > 0:
         suffix = f"iter-{args.iter}-avg-{args.avg}"
     else:
@@ -127,6 +145,7 @@ def main() -> None:
     data = AsrDataModule(args)
     summary: Dict[str, float] = {}
     for test_set, cuts in data.test_sets().items():
+        cuts, _ = drop_short_cuts(cuts, frames_after_subsampling, name=test_set)
         results, audio_s, decode_s = decode_dataset(data.test_dataloaders(cuts), model, tokens, args)
         wer = save_results(args, test_set, results, suffix)
         summary[test_set] = wer
@@ -137,7 +156,13 @@ def main() -> None:
     for test_set, wer in summary.items():
         print(f"{test_set}\t{args.decoding_method}\t{wer:.2f}")
     logging.info("Done!")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The exit code: 0, or 2 after a one-line error (a bad file or flag)."""
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
