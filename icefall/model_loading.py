@@ -100,3 +100,27 @@ def load_model(model_module: ModuleType, args, tokens: SymbolTable, tokens_path:
     if "<unk>" in tokens:
         model.unk_id = tokens["<unk>"]
     return model.eval()
+
+
+def export_pretrained(model_module: ModuleType, args, tokens: SymbolTable, tokens_path: PathLike,
+                      out: PathLike) -> nn.Module:
+    """export.py's job: the model the flags select (averaged as
+    :func:`load_model` does) saved atomically to `out` as
+    ``{"model": state_dict, "config": config}``, which loads with
+    ``weights_only=True`` and rebuilds the model without flags. Returns the model.
+    """
+    from icefall.checkpoint import atomic_save
+
+    def megabytes(path: Path) -> float:
+        return path.stat().st_size / 2**20
+
+    selection = None if getattr(args, "checkpoint", None) else select_checkpoints_from_args(args)
+    for f in (selection.files if selection else []):
+        if f.exists():
+            logging.info(f"input {f}: {megabytes(f):.1f} MB")
+    model = load_model(model_module, args, tokens, tokens_path)
+    out = Path(out)
+    atomic_save({"model": model.state_dict(), "config": model.config}, out)
+    how = f" ({selection.mode} of {len(selection.files)} file(s))" if selection else ""
+    logging.info(f"wrote {out}: {megabytes(out):.1f} MB{how}")
+    return model

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from icefall.beam_search import decode_batch
+from icefall.decoding import decode_encoder_output
 from icefall.features import compute_fbank
 from icefall.transcribe import Backend
 
@@ -16,12 +16,14 @@ LOG_EPS = math.log(1e-10)  # feature padding value, as icefall pads
 
 
 class TorchBackend(Backend):
-    """A model with ``forward_encoder`` and a transducer's decoder/joiner.
+    """A model with ``forward_encoder`` and a transducer head (decoder/joiner)
+    and/or a CTC head (``ctc_output``).
 
     Args:
       model: in eval mode, on ``device``.
       frames_after_subsampling: the recipe's length formula (model.py).
-      method, beam, max_sym_per_frame: as :func:`icefall.beam_search.decode_batch`.
+      method, beam, max_sym_per_frame: as :func:`icefall.decoding.decode_encoder_output`
+        (transducer or CTC methods).
     """
 
     def __init__(self, model: nn.Module, frames_after_subsampling: Callable[[int], int],
@@ -51,5 +53,5 @@ class TorchBackend(Backend):
     def search(self, encoder_outs: Sequence[torch.Tensor]) -> List[List[int]]:
         lens = torch.tensor([e.size(0) for e in encoder_outs], device=self.device)
         x = pad_sequence(list(encoder_outs), batch_first=True)
-        return decode_batch(self.model, x, lens, self.method, beam=self.beam,
-                            max_sym_per_frame=self.max_sym_per_frame)
+        return decode_encoder_output(self.model, x, lens, self.method, beam=self.beam,
+                                     max_sym_per_frame=self.max_sym_per_frame)

@@ -72,6 +72,15 @@ def ignore_outputs(folder: str, names: List[str]) -> List[str]:
 
 
 def make_tiny_recipe(root: Path) -> TinyRecipe:
+    """The tiny corpus with pts3 trained on it (NUM_EPOCHS epochs)."""
+    recipe = prepare_tiny_recipe(root)
+    recipe.train(str(recipe.exp_dir), "--num-epochs", str(NUM_EPOCHS), "--average-period", "1",
+                 "--save-every-n", "4", "--keep-last-k", "3")
+    return recipe
+
+
+def prepare_tiny_recipe(root: Path) -> TinyRecipe:
+    """The copied recipe with its tiny corpus prepared (no training)."""
     shutil.copytree(REPO / "egs", root / "egs", symlinks=True, ignore=ignore_outputs)
     workdir = root / "egs/synth/ASR"
     subprocess.run(
@@ -79,13 +88,10 @@ def make_tiny_recipe(root: Path) -> TinyRecipe:
          "--vocab-size", str(VOCAB)],
         cwd=workdir, env=env(), check=True, capture_output=True,
     )
-    recipe = TinyRecipe(
+    return TinyRecipe(
         root=root, workdir=workdir, exp_dir=Path("pruned_transducer_stateless3/exp"),
         lang_dir=Path(f"data/lang_bpe_{VOCAB}"),
     )
-    recipe.train(str(recipe.exp_dir), "--num-epochs", str(NUM_EPOCHS), "--average-period", "1",
-                 "--save-every-n", "4", "--keep-last-k", "3")
-    return recipe
 
 
 # A tiny Zipformer (two stacks of one layer) for the zipformer recipe's tests.

@@ -22,11 +22,17 @@ from typing import List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from icefall.checkpoint import add_checkpoint_arguments, atomic_save, select_checkpoints_from_args  # noqa: E402
+from icefall.threads import apply_num_threads, set_thread_env  # noqa: E402
+
+set_thread_env()
+
+import model as recipe_model  # noqa: E402
+from icefall.checkpoint import add_checkpoint_arguments  # noqa: E402
 from icefall.cli import check_inputs_exist, make_parser, run_main  # noqa: E402
+from icefall.model_loading import export_pretrained  # noqa: E402
 from icefall.tokens import read_tokens  # noqa: E402
 from icefall.utils import str2bool  # noqa: E402
-from model import add_model_arguments, load_model  # noqa: E402
+from model import add_model_arguments  # noqa: E402
 
 
 def get_parser():
@@ -48,17 +54,10 @@ def _megabytes(path: Path) -> float:
 def run(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     args = get_parser().parse_args(argv)
+    apply_num_threads()
     check_inputs_exist(__file__, {"--exp-dir": args.exp_dir, "--tokens": args.tokens})
     tokens = read_tokens(args.tokens)
-    selection = select_checkpoints_from_args(args)
-    for f in selection.files:
-        if f.exists():
-            logging.info(f"input {f}: {_megabytes(f):.1f} MB")
-    model = load_model(args, tokens, args.tokens)
-
-    out = args.exp_dir / "pretrained.pt"
-    atomic_save({"model": model.state_dict(), "config": model.config}, out)
-    logging.info(f"wrote {out}: {_megabytes(out):.1f} MB ({selection.mode} of {len(selection.files)} file(s))")
+    model = export_pretrained(recipe_model, args, tokens, args.tokens, args.exp_dir / "pretrained.pt")
     if args.jit:
         from jit import export_jit
 
