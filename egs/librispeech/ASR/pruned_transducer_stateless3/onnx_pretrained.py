@@ -30,6 +30,10 @@ from typing import List, Optional
 # The repository root, for `icefall` when it is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
 
+from icefall.threads import set_thread_env  # noqa: E402
+
+set_thread_env()  # OpenMP waiting policy (no torch here: onnxruntime has --num-threads)
+
 from icefall.cli import UserError, check_inputs_exist, make_parser, run_main  # noqa: E402
 from icefall.onnx_decode import DECODERS, OnnxBackend, OnnxTransducer, skip_ids_for  # noqa: E402
 from icefall.tokens import check_tokens_fit_model, read_tokens  # noqa: E402

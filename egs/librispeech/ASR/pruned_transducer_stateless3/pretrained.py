@@ -31,6 +31,10 @@ from typing import List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from icefall.threads import apply_num_threads, set_thread_env  # noqa: E402
+
+set_thread_env()  # before torch is imported
+
 from icefall.cli import check_inputs_exist, make_parser, run_main  # noqa: E402
 from icefall.transcribe import add_transcribe_arguments, print_results, transcribe_files  # noqa: E402
 from model import add_model_arguments, frames_after_subsampling, load_model  # noqa: E402
@@ -64,6 +68,7 @@ def transcribe(model, tokens, waves: List, method: str, beam: int, max_sym: int,
 def run(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     args = get_parser().parse_args(argv)
+    apply_num_threads()
     check_inputs_exist(__file__, {"--checkpoint": args.checkpoint, "--tokens": args.tokens})
 
     import torch
