@@ -310,7 +310,10 @@ class OnnxBackend:
         return np.concatenate(list(parts), axis=0)
 
     def search(self, encoder_outs: Sequence[np.ndarray]) -> List[List[int]]:
-        x, lens = pad_features(encoder_outs, pad_value=0.0)
+        if len(encoder_outs) == 1:  # e.g. a long file: no padded copy
+            x, lens = encoder_outs[0][None], np.array([len(encoder_outs[0])], dtype=np.int64)
+        else:
+            x, lens = pad_features(encoder_outs, pad_value=0.0)
         if self.method == "greedy_search":
             return greedy_search(self.model, x, lens, skip_ids=self.skip_ids)
         return modified_beam_search(self.model, x, lens, beam=self.beam, skip_ids=self.skip_ids)

@@ -52,6 +52,9 @@ class TorchBackend(Backend):
     @torch.no_grad()
     def search(self, encoder_outs: Sequence[torch.Tensor]) -> List[List[int]]:
         lens = torch.tensor([e.size(0) for e in encoder_outs], device=self.device)
-        x = pad_sequence(list(encoder_outs), batch_first=True)
+        if len(encoder_outs) == 1:  # e.g. a long file: no padded copy
+            x = encoder_outs[0].unsqueeze(0)
+        else:
+            x = pad_sequence(list(encoder_outs), batch_first=True)
         return decode_encoder_output(self.model, x, lens, self.method, beam=self.beam,
                                      max_sym_per_frame=self.max_sym_per_frame)

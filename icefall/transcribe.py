@@ -145,7 +145,8 @@ def encode_long(backend: Backend, wave: np.ndarray, chunk_seconds: float, contex
         piece = wave[c.start * FRAME_SHIFT: min(len(wave), c.end * FRAME_SHIFT)]
         feats = backend.features([piece])[0][: c.end - c.start]
         enc = backend.encode([feats])[0]
-        parts.append(enc[c.keep_start: c.keep_end])
+        # a copy of the kept frames, so the chunk's whole output can be freed
+        parts.append(backend.concat([enc[c.keep_start: c.keep_end]]))
         progress.update(i + 1)
     return backend.concat(parts)
 
@@ -211,6 +212,7 @@ def transcribe_files(backend: Backend, paths: Sequence[PathLike], max_duration: 
         elif len(wave) > chunk_duration * SAMPLE_RATE:
             yield from flush()
             enc = encode_long(backend, wave, chunk_duration, chunk_context, name=str(path))
+            del wave  # the search needs only the encoder output
             yield Result(path, tokens=backend.search([enc])[0])
         else:
             longest = max([len(w) for _, w in pending] + [len(wave)])
