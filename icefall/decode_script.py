@@ -25,7 +25,7 @@ import logging
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 PathLike = Union[str, Path]
 Result = Tuple[str, List[str], List[str]]  # (cut id, reference words, hypothesis words)
@@ -135,7 +135,8 @@ def save_results(res_dir: Path, test_set: str, key: str, suffix: str, results: L
     return wer
 
 
-def decode_main(args, model_module: ModuleType, script: PathLike) -> int:
+def decode_main(args, model_module: ModuleType, script: PathLike,
+                configure: Optional[Callable[..., str]] = None) -> int:
     """The whole of a decode.py run (see the module docstring): prints
     ``<test set>\\t<method>\\t<WER>`` per test set and returns 0. User
     mistakes raise :class:`icefall.cli.UserError` (one line, for run_main).
@@ -146,6 +147,9 @@ def decode_main(args, model_module: ModuleType, script: PathLike) -> int:
       model_module: the recipe's model.py (build_model, config_from_args,
         frames_after_subsampling; see icefall.model_loading).
       script: the decode.py file (for "run from this folder" messages).
+      configure: optional ``configure(model, args) -> str``, called on the
+        loaded model (e.g. to set a causal model's chunk size from the flags);
+        what it returns is appended to the result files' suffix.
     """
     from icefall.cli import check_inputs_exist
     from icefall.threads import apply_num_threads
@@ -162,16 +166,15 @@ def decode_main(args, model_module: ModuleType, script: PathLike) -> int:
     from icefall.transcribe import drop_short_cuts
     from icefall.utils import setup_logger
 
-    suffix = checkpoint_suffix(args)
+    tokens, tokens_path = load_token_table(args)
+    model = load_model(model_module, args, tokens, tokens_path)
+    check_method(model, args.decoding_method)
+    suffix = checkpoint_suffix(args) + (configure(model, args) if configure else "")
     res_dir = args.exp_dir / args.decoding_method
     res_dir.mkdir(parents=True, exist_ok=True)
     setup_logger(res_dir / f"log-decode-{suffix}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     logging.info(f"Decoding with {args.decoding_method} on {device}; {vars(args)}")
-
-    tokens, tokens_path = load_token_table(args)
-    model = load_model(model_module, args, tokens, tokens_path)
-    check_method(model, args.decoding_method)
     model.to(device)
     logging.info(f"Number of model parameters: {sum(p.numel() for p in model.parameters())}")
 

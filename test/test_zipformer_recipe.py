@@ -288,3 +288,41 @@ def test_scripts_start_and_show_defaults_in_help(zr):
         out = zr.run([f"zipformer/{script}", "--help"])
         assert "(default: " in out.stdout and "--num-encoder-layers" in out.stdout, script
     assert "ctc-prefix-beam-search" in zr.run(["zipformer/decode.py", "--help"]).stdout
+
+
+def test_a_causal_model_decodes_with_the_one_chunk_size_given(zr, tmp_path):
+    import argparse
+
+    from icefall.checkpoint import atomic_save
+
+    from recipe_fixture import TINY_ZIPFORMER
+
+    from icefall.tokens import read_tokens
+
+    M = _recipe_modules()
+    parser = argparse.ArgumentParser()
+    M.add_model_arguments(parser)
+    config = M.config_from_args(parser.parse_args([*TINY_ZIPFORMER, "--causal", "1", "--use-ctc", "1"]),
+                                vocab_size=100, blank_id=0)
+    torch.manual_seed(0)
+    model = M.build_model(config).eval()
+    path = tmp_path / "causal.pt"
+    atomic_save({"model": model.state_dict(), "config": config}, path)
+    tokens = zr.workdir / zr.lang_dir / "tokens.txt"
+    wavs = zr.test_wavs(2)
+    proc = zr.run(["zipformer/pretrained.py", "--checkpoint", path, "--tokens", tokens, *wavs], check=False)
+    assert "--chunk-size 16,32,64,-1" in _one_error_line(proc)
+
+    model.encoder.chunk_size, model.encoder.left_context_frames = (16,), (32,)
+    want = [read_tokens(tokens).decode(h) for h in _direct(model, wavs, "ctc-greedy-search")]
+    for _ in range(2):  # the same each time: no chunk size drawn at random
+        out = zr.run(["zipformer/pretrained.py", "--checkpoint", path, "--tokens", tokens, "--chunk-size", "16",
+                      "--left-context-frames", "32", "--method", "ctc-greedy-search", *wavs])
+        assert [_printed(out.stdout)[str(w)] for w in wavs] == want
+    # and the chunking matters: full attention gives another encoder output
+    x = torch.randn(1, 200, 80)
+    with torch.no_grad():
+        chunked = model.forward_encoder(x, torch.tensor([200]))[0]
+        model.encoder.chunk_size = (-1,)
+        full = model.forward_encoder(x, torch.tensor([200]))[0]
+    assert not torch.allclose(chunked, full, atol=1e-3)

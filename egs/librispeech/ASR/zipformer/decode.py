@@ -23,7 +23,9 @@ recogs-<set>-<key>-<suffix>.txt, errs-... and wer-summary-... into
 and the real-time factor. Test cuts too short for the model are dropped with
 a logged count. Checkpoints written by our train.py carry their config; for
 icefall's own files the size flags below describe the model (the defaults
-are icefall's).
+are icefall's). A causal model (--causal 1) decodes with one chunk size and
+left context, as icefall's decode.py: give --chunk-size and
+--left-context-frames one value each (50 Hz frames, e.g. 32 and 256).
 """
 
 import sys
@@ -54,11 +56,32 @@ def get_parser():
     return parser
 
 
+def set_chunking(model, args) -> str:
+    """A causal model decodes with the single --chunk-size/--left-context-frames
+    given (in eval it would otherwise draw one of its training values at
+    random); returns the result files' suffix part for it ('' if not causal).
+    Raises UserError (one line) for a list of values."""
+    from icefall.cli import UserError
+
+    if not model.encoder.causal:
+        return ""
+    values = {}
+    for flag, value in (("--chunk-size", args.chunk_size), ("--left-context-frames", args.left_context_frames)):
+        parts = str(value).split(",")
+        if len(parts) != 1 or int(parts[0]) == 0:
+            raise UserError(f"{flag} {value}: a causal model decodes with one value (e.g. --chunk-size 32 "
+                            "--left-context-frames 256)")
+        values[flag] = int(parts[0])
+    chunk, left = values["--chunk-size"], values["--left-context-frames"]
+    model.encoder.chunk_size, model.encoder.left_context_frames = (chunk,), (left,)
+    return f"-chunk-{chunk}-left-context-{left}"
+
+
 def run(argv: Optional[List[str]] = None) -> int:
     import model
     from icefall.decode_script import decode_main
 
-    return decode_main(get_parser().parse_args(argv), model, __file__)
+    return decode_main(get_parser().parse_args(argv), model, __file__, configure=set_chunking)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

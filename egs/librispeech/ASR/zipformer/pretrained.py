@@ -21,7 +21,8 @@ and exit code 2.
 Our exports carry their config; icefall's own pretrained.pt files (and its
 training checkpoints) carry none and are read with the model-size flags
 below, whose defaults are icefall's LibriSpeech Zipformer; e.g. for a model
-trained with CTC too, add --use-ctc 1.
+trained with CTC too, add --use-ctc 1. A causal model (--causal 1) decodes
+with the one --chunk-size and --left-context-frames given.
 """
 
 import logging
@@ -78,6 +79,9 @@ def run(argv: Optional[List[str]] = None) -> int:
     tokens = read_tokens(args.tokens)
     model = load_model(recipe_model, args, tokens, args.tokens).to(device)
     check_method(model, args.method, "--method")
+    from decode import set_chunking
+
+    set_chunking(model, args)  # a causal model: the one chunk size and left context given
     logging.info(f"decoding {len(args.sound_files)} file(s) with {args.method} on {device}")
 
     backend = TorchBackend(model, recipe_model.frames_after_subsampling, args.method,
