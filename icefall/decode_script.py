@@ -166,15 +166,18 @@ def decode_main(args, model_module: ModuleType, script: PathLike,
     from icefall.transcribe import drop_short_cuts
     from icefall.utils import setup_logger
 
-    tokens, tokens_path = load_token_table(args)
-    model = load_model(model_module, args, tokens, tokens_path)
-    check_method(model, args.decoding_method)
-    suffix = checkpoint_suffix(args) + (configure(model, args) if configure else "")
+    suffix = checkpoint_suffix(args)
     res_dir = args.exp_dir / args.decoding_method
     res_dir.mkdir(parents=True, exist_ok=True)
     setup_logger(res_dir / f"log-decode-{suffix}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     logging.info(f"Decoding with {args.decoding_method} on {device}; {vars(args)}")
+
+    tokens, tokens_path = load_token_table(args)
+    model = load_model(model_module, args, tokens, tokens_path)
+    check_method(model, args.decoding_method)
+    if configure is not None:
+        suffix += configure(model, args)
     model.to(device)
     logging.info(f"Number of model parameters: {sum(p.numel() for p in model.parameters())}")
 
