@@ -8,16 +8,20 @@ with :func:`scipy.signal.resample_poly`. Every failure is an
 """
 
 import logging
+import os
+import stat
 from math import gcd
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 
+from icefall.cli import UserError
+
 PathLike = Union[str, Path]
 
 
-class AudioFileError(ValueError):
+class AudioFileError(UserError, ValueError):
     """An audio file that cannot be used; the message names the file."""
 
 
@@ -45,13 +49,17 @@ def read_audio(path: PathLike, sample_rate: int = 16000) -> np.ndarray:
       multi-channel file. A silent file gives zeros.
 
     Raises:
-      AudioFileError: the file is missing, empty (0 bytes or 0 samples) or not audio.
+      AudioFileError: the file is missing, a directory, FIFO or device, empty
+        (0 bytes or 0 samples), not audio, or holds NaN/Inf or samples
+        outside [-1, 1] (a float file that was not normalised).
     """
     import soundfile as sf
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise AudioFileError(f"{path}: audio file not found")
+    if not path.is_file():  # never open a FIFO or a device: it may block or never end
+        raise AudioFileError(f"{path}: is {_what_it_is(path)}, not an audio file")
     if path.stat().st_size == 0:
         raise AudioFileError(f"{path}: audio file is empty (0 bytes)")
     try:
@@ -64,10 +72,38 @@ def read_audio(path: PathLike, sample_rate: int = 16000) -> np.ndarray:
     if samples.shape[1] > 1:
         logging.debug(f"{path}: {samples.shape[1]} channels, using the first")
     samples = samples[:, 0]
+    check_samples(samples, path, rate)
     if rate != sample_rate:
         logging.info(f"{path}: resampling from {rate} Hz to {sample_rate} Hz")
         samples = resample(samples, rate, sample_rate)
     return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def _what_it_is(path: Path) -> str:
+    mode = os.stat(path).st_mode
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_samples(samples: np.ndarray, path: PathLike, sample_rate: int = 16000, block: int = 1 << 20) -> None:
+    """Refuse NaN/Inf and samples outside [-1, 1] (integer formats cannot
+    hold them; a float file can), with a one-line :class:`AudioFileError`.
+    Checks ``block`` samples at a time, so a long file needs no second copy."""
+    peak = 0.0
+    for start in range(0, len(samples), block):
+        part = samples[start: start + block]
+        finite = np.isfinite(part)
+        if not finite.all():
+            first = start + int(np.argmin(finite))
+            raise AudioFileError(f"{path}: has NaN or Inf samples (the first at {first / sample_rate:.3f} s); "
+                                 "refusing the file")
+        peak = max(peak, float(np.abs(part).max()))
+    if peak > 1.0:
+        raise AudioFileError(f"{path}: samples outside [-1, 1] (peak {peak:.3g}); normalise the file")
 
 
 def read_audio_files(paths, sample_rate: int = 16000) -> "tuple[list, list, int]":

@@ -13,21 +13,29 @@ can read it)::
 An exported model is ``{"model": state_dict, "config": {...}}``.
 
 Files are written atomically: a crash while saving leaves the previous file
-as it was.
+as it was. Loading (:func:`load_file`) checks the zip CRCs, accepts icefall's
+own training checkpoints (``PosixPath`` values, ``AttributeDict``) and refuses
+any other object; every failure is a one-line :class:`CheckpointError`
+naming the file.
 """
 
 import os
+import pickle
 import re
 import shutil
+import stat
 import tempfile
 import zipfile
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PosixPath
 from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Union
 
 import torch
 from torch import nn
+
+from icefall.cli import UserError
 
 PathLike = Union[str, Path]
 
@@ -36,7 +44,7 @@ PathLike = Union[str, Path]
 _HOST_KEYS = re.compile(r"host|ip[_ ]?addr|ip$", re.IGNORECASE)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, truncated or not what was asked for."""
 
 
@@ -151,42 +159,116 @@ def atomic_copy(src: PathLike, dst: PathLike) -> None:
         shutil.copyfileobj(inp, out)
 
 
+# icefall's own training checkpoints hold these besides plain types: the
+# params (exp_dir, lang_dir, ...) as pathlib.PosixPath, and sometimes
+# icefall.utils.AttributeDict. weights_only=True refuses both. A PosixPath
+# is harmless to build from strings. torch's unpickler only fills exact
+# dicts, so AttributeDict is read as a plain dict: the class registered
+# under its name builds an empty dict.
+
+
+class _AttributeDictAsDict:
+    """Stands in for ``icefall.utils.AttributeDict`` while unpickling: makes a plain dict."""
+
+    def __new__(cls, *args) -> dict:
+        return dict()
+
+
+_SAFE_GLOBALS = [PosixPath, (_AttributeDictAsDict, "icefall.utils.AttributeDict")]
+
+
+def verify_zip_crc(filename: PathLike) -> None:
+    """Check every member of a torch zip file against its stored CRC-32.
+
+    ``torch.load`` does not, so a flipped bit in a tensor loads silently.
+    Reads the file once in 1 MiB pieces (about 0.1 s for 300 MB when cached).
+    Raises :class:`CheckpointError` naming the file and the damaged member.
+    """
+    path = Path(filename)
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt file (its zip structure is damaged: {e})") from None
+    if bad is not None:
+        raise CheckpointError(
+            f"{path}: corrupt file (CRC check failed for {bad}; a damaged copy? copy it again)"
+        )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _torch_load(path: Path, map_location, mmap: bool = False) -> Any:
+    with torch.serialization.safe_globals(_SAFE_GLOBALS):
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+
+
+def _refused_global(e: BaseException) -> str:
+    """The global that weights_only refused, from torch's message, or ''."""
+    m = re.search(r"GLOBAL ([\w.]+)", str(e))
+    return m.group(1) if m else ""
+
+
 def load_file(filename: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
     """Read a checkpoint or exported model with ``weights_only=True``.
 
+    The zip CRCs are checked first (:func:`verify_zip_crc`). Besides plain
+    types, icefall's own training checkpoints load (their ``PosixPath``
+    values and ``AttributeDict``); any other object is refused.
+
     Raises :class:`CheckpointError` with a one-line message naming the file
-    when it is missing, truncated or not a checkpoint.
+    when it is missing, not a regular file, truncated, corrupt, holds
+    unsafe objects or is not a checkpoint.
     """
     path = Path(filename)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: is {describe_non_file(path)}, not a checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: checkpoint is empty (0 bytes)")
+    if zipfile.is_zipfile(path):
+        verify_zip_crc(path)
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint (truncated or corrupt?): {first_line}"
-        ) from None
-    except Exception as e:  # pickle.UnpicklingError: garbage, or unsafe objects
+        obj = _torch_load(path, map_location)
+    except pickle.UnpicklingError as e:
         if not zipfile.is_zipfile(path):
             raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?)") from None
+        what = _refused_global(e) or _first_line(e).split("error:")[-1].strip()
         raise CheckpointError(
-            f"{path}: holds objects that weights_only=True refuses ({type(e).__name__}); "
-            "re-export it with this toolkit's export.py"
+            f"{path}: holds objects that weights_only=True refuses ({what}); "
+            "only tensors, plain containers, numbers, strings and paths are loaded"
+        ) from None
+    except Exception as e:  # RuntimeError, EOFError, BadZipFile, OSError, ValueError, ...
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupt?): {_first_line(e)}"
         ) from None
     if not isinstance(obj, dict) or "model" not in obj:
         raise CheckpointError(f"{path}: has no 'model' entry; is it a checkpoint of this toolkit?")
     return obj
 
 
+def describe_non_file(path: PathLike) -> str:
+    """'a directory', 'a named pipe (FIFO)', ... for a path that exists but is no regular file."""
+    mode = os.stat(path).st_mode
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 def read_config(filename: PathLike) -> Optional[Dict[str, Any]]:
     """The model config stored in a checkpoint or export, or None (e.g. for
-    icefall's own files, which carry none). Reads lazily (mmap)."""
+    icefall's own files, which carry none). Reads lazily (mmap) and does not
+    check CRCs: load the weights with :func:`load_file`, which does."""
     path = Path(filename)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        obj = _torch_load(path, "cpu", mmap=True)
     except Exception:
         load_file(path)  # raises the one-line error that names the problem
         raise
@@ -274,6 +356,40 @@ def save_checkpoint(
     atomic_save(checkpoint, filename)
 
 
+def state_dict_mismatch(
+    expected: Dict[str, Any], given: Dict[str, torch.Tensor], limit: int = 3
+) -> str:
+    """Describe how ``given`` differs from ``expected`` (name -> tensor or
+    shape), in one line: the first missing, unexpected and mismatched keys
+    (with shapes). Returns '' when they fit."""
+
+    def shape(v: Any) -> tuple:
+        return tuple(v.shape) if hasattr(v, "shape") else tuple(v)
+
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    wrong = [
+        f"{k} {list(shape(given[k]))} (model: {list(shape(expected[k]))})"
+        for k in expected
+        if k in given and shape(given[k]) != shape(expected[k])
+    ]
+    parts = []
+    for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
+        if keys:
+            more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+            parts.append(f"{len(keys)} {name}: {', '.join(keys[:limit])}{more}")
+    return "; ".join(parts)
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: Dict[str, torch.Tensor], filename: PathLike) -> None:
+    """``model.load_state_dict(state_dict, strict=True)`` with a one-line
+    :class:`CheckpointError` naming the file and the first differing keys."""
+    problem = state_dict_mismatch(model.state_dict(), state_dict)
+    if problem:
+        raise CheckpointError(f"{filename}: does not fit the model: {problem}")
+    model.load_state_dict(state_dict, strict=True)
+
+
 def load_checkpoint(
     filename: PathLike,
     model: nn.Module,
@@ -287,7 +403,11 @@ def load_checkpoint(
     """Restore each part that is given; return the whole checkpoint dict
     (so the caller can read the training info)."""
     checkpoint = load_file(filename)
-    _unwrap(model).load_state_dict(strip_ddp_prefix(checkpoint["model"]), strict=strict)
+    state_dict = strip_ddp_prefix(checkpoint["model"])
+    if strict:
+        load_state_dict_strict(_unwrap(model), state_dict, filename)
+    else:
+        _unwrap(model).load_state_dict(state_dict, strict=False)
     if model_avg is not None:
         if "model_avg" not in checkpoint:
             raise CheckpointError(f"{filename}: has no 'model_avg' to restore")
@@ -464,6 +584,9 @@ def select_checkpoints(
 ) -> CheckpointSelection:
     """Turn icefall's checkpoint flags into the list of files to read.
 
+    Raises :class:`CheckpointError` (one line naming the flags) when they
+    ask for files that cannot exist or are not there.
+
     - ``--iter N > 0``: batch checkpoints at or before N, newest first.
     - otherwise ``epoch-*.pt`` files ending at ``--epoch``.
     - ``--use-averaged-model True`` needs one file more than ``--avg``: the
@@ -474,7 +597,7 @@ def select_checkpoints(
         f"--iter {iter}" if iter > 0 else f"--epoch {epoch}"
     ) + f" --avg {avg} --use-averaged-model {use_averaged_model}"
     if avg < 1:
-        raise ValueError(f"--avg must be at least 1, got {avg}")
+        raise CheckpointError(f"--avg must be at least 1, got {avg}")
     if iter > 0:
         files = find_checkpoints(exp_dir, iteration=-iter)
         needed = avg + 1 if use_averaged_model else avg
@@ -490,7 +613,7 @@ def select_checkpoints(
     if use_averaged_model:
         start = epoch - avg
         if start < 1:
-            raise ValueError(
+            raise CheckpointError(
                 f"{flags}: the averaged model needs epoch {start} to exist; lower --avg "
                 "or use --use-averaged-model False"
             )

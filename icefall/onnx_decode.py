@@ -15,6 +15,12 @@ Features come from kaldi-native-fbank (the extractor sherpa-onnx uses) with
 the settings of :mod:`icefall.features`; on the synth test set they differ from
 lhotse's by at most about 1e-3 (mean about 3e-6) in log-mel units.
 
+Every file carries metadata (see ``REQUIRED_METADATA``), among them an
+``export_id`` shared by the three files of one export: :class:`OnnxTransducer`
+refuses files without it or from different exports, with a one-line error.
+:class:`OnnxBackend` plugs the model into :func:`icefall.transcribe.transcribe_files`
+(batching by duration, long files in chunks).
+
 Decoding follows :mod:`icefall.beam_search`: greedy search emits at most one
 symbol per frame; modified beam search merges equal token sequences by
 log-add and picks the result by length-normalised score.
@@ -78,14 +84,55 @@ def pad_features(features: Sequence[np.ndarray],
     return x, lens
 
 
+# Metadata each file must carry (export-onnx.py writes them); "export_id" is
+# the same random id in the three files of one export, so that files of
+# different exports are not mixed.
+REQUIRED_METADATA = {
+    "encoder": ("export_id", "feature_dim", "subsampling_factor", "subsampling_offset"),
+    "decoder": ("export_id", "context_size", "vocab_size"),
+    "joiner": ("export_id", "joiner_dim"),
+}
+
+
+def subsampling_metadata(frames_after_subsampling) -> Dict[str, int]:
+    """``{"subsampling_factor": s, "subsampling_offset": c}`` with
+    ``frames_after_subsampling(T) == (T - c) // s`` for every T (checked up to
+    2000), for the encoder's metadata. Raises ValueError if no such pair fits."""
+    s = int(round(100_000 / frames_after_subsampling(100_000)))
+    for c in range(-s, 64):
+        if all(frames_after_subsampling(t) == (t - c) // s for t in range(1, 2000)):
+            return {"subsampling_factor": s, "subsampling_offset": c}
+    raise ValueError("frames_after_subsampling is not of the form (T - c) // s")
+
+
+def check_metadata(meta: Dict[str, Dict[str, str]], files: Dict[str, PathLike]) -> None:
+    """Raise ValueError (one line, naming the file) when a model file lacks
+    its metadata or the three files come from different exports."""
+    for name, keys in REQUIRED_METADATA.items():
+        missing = [k for k in keys if k not in meta[name]]
+        if missing:
+            raise ValueError(f"{files[name]}: no {', '.join(missing)} in the {name}'s metadata; "
+                             "not a complete export of export-onnx.py (re-export it)")
+    ids = {name: meta[name]["export_id"] for name in meta}
+    if len(set(ids.values())) > 1:
+        raise ValueError(
+            "the ONNX files come from different exports: "
+            + ", ".join(f"{files[n]} ({ids[n][:8]})" for n in ids)
+            + "; use the encoder, decoder and joiner written together by one export-onnx.py run")
+    feature_dim = int(meta["encoder"]["feature_dim"])
+    if feature_dim != NUM_MEL_BINS:
+        raise ValueError(f"{files['encoder']}: expects {feature_dim}-dim features, not {NUM_MEL_BINS}")
+
+
 class OnnxTransducer:
     """The three onnxruntime sessions of an exported transducer.
 
     Args:
       encoder, decoder, joiner: paths of the .onnx files (fp32 or int8).
       num_threads: intra-op threads of each session.
-    Attributes (from the decoder's metadata): ``context_size``, ``vocab_size``,
-    ``blank_id`` (0 if absent).
+    Attributes (from the metadata, checked by :func:`check_metadata`):
+    ``context_size``, ``vocab_size``, ``blank_id`` (0 if absent),
+    ``subsampling_factor``, ``subsampling_offset``.
     """
 
     def __init__(self, encoder: PathLike, decoder: PathLike, joiner: PathLike,
@@ -105,13 +152,19 @@ class OnnxTransducer:
         self.encoder = session(encoder)
         self.decoder = session(decoder)
         self.joiner = session(joiner)
-        meta = self.decoder.get_modelmeta().custom_metadata_map
-        for key in ("context_size", "vocab_size"):
-            if key not in meta:
-                raise ValueError(f"{decoder}: no {key!r} in the metadata; re-export with export-onnx.py")
-        self.context_size = int(meta["context_size"])
-        self.vocab_size = int(meta["vocab_size"])
-        self.blank_id = int(meta.get("blank_id", 0))
+        meta = {name: getattr(self, name).get_modelmeta().custom_metadata_map
+                for name in ("encoder", "decoder", "joiner")}
+        files = {"encoder": encoder, "decoder": decoder, "joiner": joiner}
+        check_metadata(meta, files)
+        self.context_size = int(meta["decoder"]["context_size"])
+        self.vocab_size = int(meta["decoder"]["vocab_size"])
+        self.blank_id = int(meta["decoder"].get("blank_id", 0))
+        self.subsampling_factor = int(meta["encoder"]["subsampling_factor"])
+        self.subsampling_offset = int(meta["encoder"]["subsampling_offset"])
+
+    def frames_after_subsampling(self, num_frames: int) -> int:
+        """Encoder output frames for ``num_frames`` fbank frames."""
+        return (num_frames - self.subsampling_offset) // self.subsampling_factor
 
     def run_encoder(self, x: np.ndarray, x_lens: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """(x [N, T, 80] float32, x_lens [N] int64) -> ([N, T', joiner_dim], [N] int64)."""
@@ -233,3 +286,34 @@ def decode_waveforms(model: OnnxTransducer, waveforms: Sequence[np.ndarray],
         return greedy_search(model, encoder_out, encoder_out_lens, skip_ids=skip_ids)
     return modified_beam_search(model, encoder_out, encoder_out_lens, beam=beam,
                                 skip_ids=skip_ids)
+
+
+class OnnxBackend:
+    """:class:`OnnxTransducer` behind :func:`icefall.transcribe.transcribe_files`
+    (the methods of :class:`icefall.transcribe.Backend`; numpy arrays)."""
+
+    def __init__(self, model: OnnxTransducer, method: str = "greedy_search", beam: int = 4,
+                 skip_ids: Optional[Sequence[int]] = None):
+        if method not in DECODERS:
+            raise ValueError(f"unknown decoding method {method!r}; expected one of {list(DECODERS)}")
+        self.model, self.method, self.beam, self.skip_ids = model, method, beam, skip_ids
+        self.frames_after_subsampling = model.frames_after_subsampling
+
+    def features(self, waves: Sequence[np.ndarray]) -> List[np.ndarray]:
+        return compute_fbank_knf(waves)
+
+    def encode(self, features: Sequence[np.ndarray]) -> List[np.ndarray]:
+        out, lens = self.model.run_encoder(*pad_features(features))
+        return [out[i, :n] for i, n in enumerate(lens.tolist())]
+
+    def concat(self, parts: Sequence[np.ndarray]) -> np.ndarray:
+        return np.concatenate(list(parts), axis=0)
+
+    def search(self, encoder_outs: Sequence[np.ndarray]) -> List[List[int]]:
+        if len(encoder_outs) == 1:  # e.g. a long file: no padded copy
+            x, lens = encoder_outs[0][None], np.array([len(encoder_outs[0])], dtype=np.int64)
+        else:
+            x, lens = pad_features(encoder_outs, pad_value=0.0)
+        if self.method == "greedy_search":
+            return greedy_search(self.model, x, lens, skip_ids=self.skip_ids)
+        return modified_beam_search(self.model, x, lens, beam=self.beam, skip_ids=self.skip_ids)

@@ -1,18 +1,35 @@
 """What every recipe's export-onnx.py does the same way: export a module by
-tracing, store sherpa-onnx's metadata, check the graph against PyTorch, and
-write the int8 version.
+tracing, store sherpa-onnx's metadata, check the graph against PyTorch,
+write the int8 version, and put the set of files in place at once.
 
-    export_graph(module, (x, x_lens), "encoder.onnx", ["x", "x_lens"],
-                 ["encoder_out", "encoder_out_lens"], {"x": {0: "N", 1: "T"}, ...})
-    add_metadata("encoder.onnx", {"model_type": "zipformer2", ...})
-    check_close(run_onnx("encoder.onnx", {"x": x, "x_lens": x_lens}), want, "encoder.onnx")
-    quantize_int8("encoder.onnx", "encoder.int8.onnx")
+    def write(work: Path) -> Dict[str, Path]:      # called with a temporary folder
+        export_id = new_export_id()                 # the same in every file of the set
+        export_graph(module, (x, x_lens), work / "encoder.onnx", ["x", "x_lens"],
+                     ["encoder_out", "encoder_out_lens"], {"x": {0: "N", 1: "T"}, ...})
+        add_metadata(work / "encoder.onnx", {"model_type": "zipformer2", "export_id": export_id})
+        check_close(run_onnx(work / "encoder.onnx", {"x": x, "x_lens": x_lens}), want, "encoder")
+        quantize_int8(work / "encoder.onnx", work / "encoder.int8.onnx")
+        return {"encoder": work / "encoder.onnx", ...}
+
+    paths = write_export(out_dir, write, tokens=Path("data/lang_bpe_500/tokens.txt"))
+
+:func:`write_export` writes everything into a temporary folder inside
+``out_dir`` and moves the files into place only at the end (each by an atomic
+rename), so a failure, a full disk or a kill leaves the previous export as it
+was; the ``export_id`` in every file's metadata lets readers
+(:mod:`icefall.onnx_decode`) refuse a set mixed by a kill during the renames.
 """
 
+import logging
 import math
+import os
+import shutil
+import tempfile
+import uuid
 import warnings
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -82,17 +99,94 @@ def check_close(got, want, what: str, rtol: float = 1e-4) -> None:
             raise RuntimeError(f"{what}: {g} != {w}")
 
 
-def quantize_int8(src: PathLike, dst: PathLike) -> None:
+@contextmanager
+def quiet(verbose: bool = False) -> Iterator[None]:
+    """Silence log records below ERROR and all stdout/stderr output inside the
+    block unless `verbose` (onnxruntime's quantizer prints about 44 lines)."""
+    if verbose:
+        yield
+        return
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with open(os.devnull, "w") as null, redirect_stdout(null), redirect_stderr(null):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_int8(src: PathLike, dst: PathLike, verbose: bool = False) -> None:
     """Dynamic int8 quantisation of the MatMul weights (as icefall does),
-    keeping the metadata.  Unsigned weights: with int8 weights (U8S8), x86
-    CPUs without VNNI (AVX2 only) saturate intermediate sums, which made a
-    test model's logits 18% off instead of 0.5%."""
+    keeping the metadata; the quantizer's output is shown only if `verbose`.
+    Unsigned weights: with int8 weights (U8S8), x86 CPUs without VNNI (AVX2
+    only) saturate intermediate sums, which made a test model's logits 18%
+    off instead of 0.5%."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(model_input=str(src), model_output=str(dst),
-                     op_types_to_quantize=["MatMul"], weight_type=QuantType.QUInt8)
+    with quiet(verbose):
+        quantize_dynamic(model_input=str(src), model_output=str(dst),
+                         op_types_to_quantize=["MatMul"], weight_type=QuantType.QUInt8)
     onnx.checker.check_model(onnx.load(str(dst)))
+
+
+def new_export_id() -> str:
+    """A random id (32 hex digits) for the metadata of every file of one export."""
+    return uuid.uuid4().hex
+
+
+WORK_PREFIX = ".export-onnx-"
+
+
+def write_export(out_dir: PathLike, write: Callable[[Path], Dict[str, Path]],
+                 tokens: Optional[PathLike] = None,
+                 work_prefix: str = WORK_PREFIX) -> Dict[str, Path]:
+    """Run ``write(work_dir)``, which writes the files of one export into the
+    empty temporary folder ``work_dir`` and returns ``{name: path}``; copy
+    `tokens` there as ``tokens.txt``; then move every file into `out_dir` by
+    an atomic rename. On any error (or a kill) before the renames, `out_dir`
+    keeps its previous files, and no temporary file is left behind (those of
+    killed runs are removed by the next run).
+
+    Returns:
+      ``{name: out_dir / file name}`` (``"tokens"`` for the tokens copy).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_work_dirs(out_dir, work_prefix)
+    work = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{work_prefix}{os.getpid()}-"))
+    try:
+        paths = dict(write(work))
+        if tokens is not None:
+            paths["tokens"] = work / "tokens.txt"
+            shutil.copyfile(tokens, paths["tokens"])
+        final = {}
+        for name, path in paths.items():
+            final[name] = out_dir / path.name
+            os.replace(path, final[name])
+        return final
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def remove_abandoned_work_dirs(out_dir: Path, work_prefix: str = WORK_PREFIX) -> None:
+    """Delete the temporary folders ``<work_prefix><pid>-*`` of killed runs
+    (their process is gone)."""
+    for d in out_dir.glob(f"{work_prefix}*"):
+        pid = d.name[len(work_prefix):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def example_features(num_features: int, lens: Sequence[int]) -> Tuple[Tensor, Tensor]:
@@ -130,13 +224,15 @@ class OnnxJoiner(nn.Module):
 
 def export_decoder_and_joiner(model: nn.Module, decoder_path: PathLike, joiner_path: PathLike,
                               opset: int = OPSET, reference: Optional[nn.Module] = None,
-                              rtol: float = 1e-4) -> None:
+                              rtol: float = 1e-4,
+                              metadata: Optional[Dict[str, object]] = None) -> None:
     """decoder.onnx (y [N, context_size] int64 -> decoder_out [N, J]) and
     joiner.onnx (encoder_out, decoder_out [N, J] -> logit [N, vocab]) of a
     transducer (interfaces.md: model.decoder, model.joiner), with sherpa-onnx's
-    metadata (context_size, vocab_size, blank_id; joiner_dim), checked with
-    onnxruntime against `reference` (default: `model`; e.g. the model before
-    its modules were swapped for exportable ones)."""
+    metadata (context_size, vocab_size, blank_id; joiner_dim) and `metadata`
+    (e.g. the export_id) in both, checked with onnxruntime against `reference`
+    (default: `model`; e.g. the model before its modules were swapped for
+    exportable ones)."""
     decoder, joiner = OnnxDecoder(model).eval(), OnnxJoiner(model).eval()
     c, vocab_size = model.decoder.context_size, model.decoder.vocab_size
     joiner_dim = model.joiner.output_linear.in_features
@@ -147,8 +243,8 @@ def export_decoder_and_joiner(model: nn.Module, decoder_path: PathLike, joiner_p
     export_graph(joiner, (e, d), joiner_path, ["encoder_out", "decoder_out"], ["logit"],
                  {"encoder_out": {0: "N"}, "decoder_out": {0: "N"}, "logit": {0: "N"}}, opset)
     add_metadata(decoder_path, {"context_size": c, "vocab_size": vocab_size,
-                                "blank_id": model.decoder.blank_id})
-    add_metadata(joiner_path, {"joiner_dim": joiner_dim})
+                                "blank_id": model.decoder.blank_id, **(metadata or {})})
+    add_metadata(joiner_path, {"joiner_dim": joiner_dim, **(metadata or {})})
 
     reference = (reference or model).eval()
     with torch.no_grad():

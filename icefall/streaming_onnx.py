@@ -39,12 +39,10 @@ class OnnxStreamingTransducer(OnnxTransducer):
 
     def __init__(self, encoder: PathLike, decoder: PathLike, joiner: PathLike,
                  num_threads: int = 1):
+        if Path(encoder).is_file():  # say what it is before the generic metadata checks
+            _check_streaming_encoder(encoder)
         super().__init__(encoder, decoder, joiner, num_threads)
         meta = self.encoder.get_modelmeta().custom_metadata_map
-        if meta.get("model_type") != "zipformer2" or "T" not in meta \
-                or "decode_chunk_len" not in meta:
-            raise ValueError(f"{encoder}: not a streaming zipformer2 encoder (no T / "
-                             "decode_chunk_len in its metadata); use export-onnx-streaming.py")
         self.T, self.chunk_frames = int(meta["T"]), int(meta["decode_chunk_len"])
         self._inputs = self.encoder.get_inputs()[1:]  # the states, after x
 
@@ -63,6 +61,16 @@ class OnnxStreamingTransducer(OnnxTransducer):
         feeds.update({inp.name: s for inp, s in zip(self._inputs, states)})
         out = self.encoder.run(None, feeds)
         return out[0], out[1:]
+
+
+def _check_streaming_encoder(path: PathLike) -> None:
+    """Raise ValueError unless the encoder's metadata is that of export-onnx-streaming.py."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    if meta.get("model_type") != "zipformer2" or "T" not in meta or "decode_chunk_len" not in meta:
+        raise ValueError(f"{path}: not a streaming zipformer2 encoder (no T / "
+                         "decode_chunk_len in its metadata); use export-onnx-streaming.py")
 
 
 class _GreedyStream:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence, Tuple, Union
 
+from icefall.cli import UserError
+
 PathLike = Union[str, Path]
 
 # Special symbols of our BPE vocabularies, as in icefall's lang_bpe_* dirs.
@@ -25,7 +27,7 @@ SOS_EOS = "<sos/eos>"
 UNK = "<unk>"
 
 
-class TokenFileError(ValueError):
+class TokenFileError(UserError, ValueError):
     """A token or lexicon file that cannot be used; the message names the file."""
 
 
@@ -84,12 +86,21 @@ class SymbolTable:
         return text.replace("\u2581", " ").strip()
 
 
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise TokenFileError(f"{path}:{line}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                             f"{e.start}); is it a tokens.txt?") from None
+
+
 def _read_pairs(filename: PathLike) -> List[Tuple[str, int]]:
     path = Path(filename)
     if not path.is_file():
         raise TokenFileError(f"{path}: token file not found")
     pairs = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(_read_utf8(path).splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
@@ -132,7 +143,7 @@ def read_lexicon(filename: PathLike) -> Lexicon:
     if not path.is_file():
         raise TokenFileError(f"{path}: lexicon file not found")
     lexicon = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(_read_utf8(path).splitlines(), 1):
         parts = line.split()
         if not parts:
             continue

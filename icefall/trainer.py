@@ -516,11 +516,13 @@ def _run(rank: int, world_size: int, args: argparse.Namespace, recipe: Recipe) -
 
     from icefall.dist import cleanup_dist, setup_dist
     from icefall.expdir import ExpDirLock
+    from icefall.threads import apply_num_threads
     from icefall.utils import setup_logger
 
     stop = StopFlag()
     stop.install()
     params = get_params(args)
+    apply_num_threads()  # in every process; setup_dist may share the cores out among ranks
     rank, world_size, device = setup_dist(rank, world_size, params.master_port)
     params.world_size = world_size  # under torchrun, the flag may say otherwise
     lock = ExpDirLock(params.exp_dir).acquire() if rank == 0 and not args.lock_held else None
@@ -643,7 +645,10 @@ def run_training(parser: argparse.ArgumentParser, recipe: Recipe, argv: Optional
     the processes torchrun started. User mistakes exit 2 with one line."""
     from icefall.expdir import ExpDirInUse
 
+    from icefall.threads import apply_num_threads
+
     args = finish_parser(parser).parse_args(argv)
+    apply_num_threads()
     args.exp_dir = Path(args.exp_dir)
     prog = Path(sys.argv[0]).name
     try:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 VOCAB = 100
@@ -28,10 +28,12 @@ class TinyRecipe:
     exp_dir: Path  # relative to workdir
     lang_dir: Path  # relative to workdir
 
-    def run(self, args: List[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
-        """Run a recipe script (``pruned_transducer_stateless3/<name>.py ...``) in workdir."""
+    def run(self, args: List[str], check: bool = True, cwd: Optional[Path] = None,
+            **kw) -> subprocess.CompletedProcess:
+        """Run a recipe script (``pruned_transducer_stateless3/<name>.py ...``) in workdir
+        (or in ``cwd``)."""
         proc = subprocess.run(
-            [sys.executable, *map(str, args)], cwd=self.workdir, env=env(), capture_output=True,
+            [sys.executable, *map(str, args)], cwd=cwd or self.workdir, env=env(), capture_output=True,
             text=True, **kw,
         )
         if check and proc.returncode != 0:
@@ -70,6 +72,15 @@ def ignore_outputs(folder: str, names: List[str]) -> List[str]:
 
 
 def make_tiny_recipe(root: Path) -> TinyRecipe:
+    """The tiny corpus with pts3 trained on it (NUM_EPOCHS epochs)."""
+    recipe = prepare_tiny_recipe(root)
+    recipe.train(str(recipe.exp_dir), "--num-epochs", str(NUM_EPOCHS), "--average-period", "1",
+                 "--save-every-n", "4", "--keep-last-k", "3")
+    return recipe
+
+
+def prepare_tiny_recipe(root: Path) -> TinyRecipe:
+    """The copied recipe with its tiny corpus prepared (no training)."""
     shutil.copytree(REPO / "egs", root / "egs", symlinks=True, ignore=ignore_outputs)
     workdir = root / "egs/synth/ASR"
     subprocess.run(
@@ -77,13 +88,10 @@ def make_tiny_recipe(root: Path) -> TinyRecipe:
          "--vocab-size", str(VOCAB)],
         cwd=workdir, env=env(), check=True, capture_output=True,
     )
-    recipe = TinyRecipe(
+    return TinyRecipe(
         root=root, workdir=workdir, exp_dir=Path("pruned_transducer_stateless3/exp"),
         lang_dir=Path(f"data/lang_bpe_{VOCAB}"),
     )
-    recipe.train(str(recipe.exp_dir), "--num-epochs", str(NUM_EPOCHS), "--average-period", "1",
-                 "--save-every-n", "4", "--keep-last-k", "3")
-    return recipe
 
 
 # A tiny Zipformer (two stacks of one layer) for the zipformer recipe's tests.

@@ -58,3 +58,27 @@ def test_errors_name_the_file(tmp_path):
     with pytest.raises(AudioFileError, match=r"notes\.flac: not a readable audio file") as e:
         read_audio(tmp_path / "notes.flac")
     assert "\n" not in str(e.value)
+
+
+def test_directory_fifo_and_device_are_named_for_what_they_are(tmp_path):
+    import os
+
+    with pytest.raises(AudioFileError, match=r"is a directory, not an audio file"):
+        read_audio(tmp_path)
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    with pytest.raises(AudioFileError, match=r"pipe\.wav: is a named pipe \(FIFO\)"):
+        read_audio(fifo)  # must not block waiting for a writer
+    with pytest.raises(AudioFileError, match=r"/dev/null: is a character device"):
+        read_audio("/dev/null")
+
+
+@pytest.mark.parametrize("bad, message", [(np.nan, "NaN or Inf"), (np.inf, "NaN or Inf"),
+                                          (3.5, r"outside \[-1, 1\] \(peak 3.5\)")])
+def test_nan_inf_and_out_of_range_float_samples_are_refused(tmp_path, bad, message):
+    x = np.zeros(1600, dtype=np.float32)
+    x[100] = bad
+    sf.write(tmp_path / "f.wav", x, 16000, subtype="FLOAT")
+    with pytest.raises(AudioFileError, match=r"f\.wav: .*" + message) as e:
+        read_audio(tmp_path / "f.wav")
+    assert "\n" not in str(e.value)

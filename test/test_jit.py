@@ -32,11 +32,37 @@ def small_model(seed: int = 0, context_size: int = 2):
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def jit_file(tmp_path_factory):
     model = small_model()
     path = tmp_path_factory.mktemp("jit") / "cpu_jit.pt"
     export_jit(model, path)
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def models(jit_file):
+    model, path = jit_file
     return model, load_jit(path)
+
+
+def test_cpu_jit_offers_forward_encoder(models):
+    model, jit_model = models
+    x, x_lens = example_features(80, [40, 25])
+    with torch.no_grad():
+        for got, want in zip(jit_model.forward_encoder(x, x_lens), model.forward_encoder(x, x_lens)):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_jit_holds_no_absolute_paths_of_the_repo_or_venv(jit_file):
+    import zipfile
+
+    _, path = jit_file
+    needles = [str(ROOT).encode(), str(Path(sys.prefix)).encode(), str(Path(torch.__file__).parent).encode()]
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        assert any("/code/" in n for n in names)
+        leaks = [n for n in names if any(needle in z.read(n) for needle in needles)]
+    assert leaks == []
 
 
 def test_rel_pos_emb_and_shift_match_the_conformer():

@@ -283,3 +283,117 @@ def test_int8_is_quantized_and_close_to_fp32(setup):
     assert np.linalg.norm(da - db) < 0.05 * np.linalg.norm(da)
     la, lb = fp32.run_joiner(a[:3, 0], da), int8.run_joiner(a[:3, 0], da)
     assert np.linalg.norm(la - lb) < 0.02 * np.linalg.norm(la)
+
+
+def _meta(path: Path) -> dict:
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def test_every_file_carries_the_same_export_id(setup):
+    out = setup["out"]
+    ids = {_meta(out / f"{n}{s}.onnx")["export_id"] for n in ("encoder", "decoder", "joiner") for s in ("", ".int8")}
+    assert len(ids) == 1
+    enc = _meta(out / "encoder.onnx")
+    assert (enc["subsampling_factor"], enc["subsampling_offset"]) == ("4", "3")  # (T - 3) // 4
+
+
+def _copy_with_metadata(src: Path, dst: Path, **changes) -> Path:
+    model = onnx.load(str(src))
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in changes]
+    del model.metadata_props[:]
+    for key, value in kept + [(k, v) for k, v in changes.items() if v is not None]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_files_of_different_exports_or_without_metadata_are_refused(setup, tmp_path):
+    out = setup["out"]
+    other = _copy_with_metadata(out / "decoder.onnx", tmp_path / "decoder.onnx", export_id="f" * 32)
+    with pytest.raises(ValueError, match="different exports") as e:
+        OnnxTransducer(out / "encoder.onnx", other, out / "joiner.onnx")
+    assert "\n" not in str(e.value) and str(other) in str(e.value)
+    bare = _copy_with_metadata(out / "encoder.onnx", tmp_path / "encoder.onnx", feature_dim=None,
+                               subsampling_offset=None)
+    with pytest.raises(ValueError, match=r"encoder\.onnx: no feature_dim, subsampling_offset"):
+        OnnxTransducer(bare, out / "decoder.onnx", out / "joiner.onnx")
+    proc = _run(RECIPE / "onnx_pretrained.py", "--encoder", str(out / "encoder.onnx"), "--decoder", str(other),
+                "--joiner", str(out / "joiner.onnx"), "--tokens", str(out / "tokens.txt"), str(setup["files"][0]))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "different exports" in proc.stderr
+
+
+def test_a_failed_export_leaves_the_previous_one_untouched(setup, tmp_path, monkeypatch):
+    out = tmp_path / "exp"
+    out.mkdir()
+    for f in setup["out"].iterdir():
+        (out / f.name).write_bytes(f.read_bytes())
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    module = _export_onnx_module()
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(module, "check_onnx_against_torch", fail)
+    with pytest.raises(OSError):
+        module.export_onnx(setup["model"], out)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # no stray or half-written file
+
+
+def test_export_replaces_the_whole_set_quietly(setup, tmp_path):
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "encoder.onnx").write_bytes(b"an old, broken export")
+    (out / ".export-onnx-999999999-abc").mkdir()  # left by a killed run (no such pid)
+    proc = _run(RECIPE / "export-onnx.py", "--checkpoint", str(setup["ckpt"]), "--tokens",
+                str(setup["tokens"]), "--output-dir", str(out))
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(f.name for f in out.iterdir())
+    assert names == sorted(f"{n}{s}.onnx" for n in ("encoder", "decoder", "joiner") for s in ("", ".int8")) + [
+        "tokens.txt"]
+    ids = {_meta(out / n)["export_id"] for n in names if n.endswith(".onnx")}
+    assert len(ids) == 1
+    # onnxruntime's quantizer prints 44 lines unless --verbose: only our own log lines remain
+    lines = proc.stderr.strip().splitlines()
+    assert all(" INFO " in line for line in lines) and len(lines) <= 12, proc.stderr
+
+
+def test_a_nan_file_does_not_lose_the_other_transcripts(setup, tmp_path):
+    import soundfile as sf
+
+    out, files = setup["out"], [str(f) for f in setup["files"][:4]]
+    nan = tmp_path / "nan.wav"
+    sf.write(nan, np.full(8000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    onnx_args = ["--encoder", str(out / "encoder.onnx"), "--decoder", str(out / "decoder.onnx"),
+                 "--joiner", str(out / "joiner.onnx"), "--tokens", str(out / "tokens.txt")]
+    want = _run(RECIPE / "onnx_pretrained.py", *onnx_args, *files)
+    got = _run(RECIPE / "onnx_pretrained.py", *onnx_args, *files[:2], str(nan), *files[2:])
+    assert got.returncode == 1 and got.stdout == want.stdout
+    assert f"error: {nan}: " in got.stderr and "NaN" in got.stderr
+
+
+def test_onnx_pretrained_decodes_a_long_file_in_chunks_as_pretrained_does(setup, tmp_path):
+    """The chunk plan and stitching of onnx_pretrained.py against pretrained.py's
+    (PyTorch) on a file of about 50 s in 8 s chunks. (Chunked against whole-file decoding
+    needs a trained model: test_recipe_export.py; a random one is not robust to
+    the cut context.)"""
+    import soundfile as sf
+
+    out = setup["out"]
+    long = tmp_path / "long.wav"
+    sf.write(long, np.concatenate(setup["waves"] * 2), 16000, subtype="FLOAT")
+    chunking = ["--chunk-duration", "8", "--chunk-context", "2", str(long)]
+    want = _run(RECIPE / "pretrained.py", "--checkpoint", str(setup["ckpt"]), "--tokens",
+                str(setup["tokens"]), "--device", "cpu", *chunking)
+    got = _run(RECIPE / "onnx_pretrained.py", "--encoder", str(out / "encoder.onnx"), "--decoder",
+               str(out / "decoder.onnx"), "--joiner", str(out / "joiner.onnx"), "--tokens",
+               str(out / "tokens.txt"), *chunking)
+    assert want.returncode == got.returncode == 0, got.stderr
+    import re
+
+    for proc in (want, got):  # progress, to the end, of several chunks
+        done = re.findall(r"chunk: (\d+)/(\d+)", proc.stderr)
+        assert done and done[-1][0] == done[-1][1] and int(done[-1][1]) >= 3, proc.stderr
+    assert len(re.findall(r"t\d+", got.stdout.split("\n")[1])) >= 10  # tokens t2..t49
+    assert got.stdout == want.stdout

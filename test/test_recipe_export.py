@@ -148,3 +148,134 @@ def test_decode_through_the_symlink_reproduces_the_checkpoint_wer(tiny_recipe):
     assert bad.returncode != 0
     last = bad.stderr.strip().splitlines()[-1]
     assert "epoch-9998.pt" in last and "--use-averaged-model False" in last
+
+
+# ------------------------------------------------------------- one-line errors
+
+
+def _one_error_line(proc, code=2) -> str:
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def test_scripts_run_from_the_wrong_folder_say_where_to_run_from(tiny_recipe):
+    r = tiny_recipe
+    script_dir = r.workdir / RECIPE
+    for script, extra in (("decode.py", ["--epoch", "1", "--avg", "1"]), ("export.py", []),
+                          ("export-onnx.py", [])):
+        proc = r.run([script_dir / script, *extra], check=False, cwd=r.root)
+        line = _one_error_line(proc)
+        assert "not found" in line and f"run the recipe's commands from {r.workdir}" in line, line
+
+
+def test_corrupt_or_mismatched_checkpoints_give_one_line(tiny_recipe, tmp_path):
+    r = tiny_recipe
+    path, _ = _export(r)
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit, somewhere in the tensors
+    (exp / "epoch-1.pt").write_bytes(bytes(data))
+    tokens = r.workdir / r.lang_dir / "tokens.txt"
+    for script, extra in (("export.py", []), ("export-onnx.py", []),
+                          ("decode.py", ["--lang-dir", r.lang_dir, "--num-workers", "0"])):
+        proc = r.run([f"{RECIPE}/{script}", "--exp-dir", exp, "--tokens", tokens, "--epoch", 1, "--avg", 1,
+                      "--use-averaged-model", "False", *extra], check=False)
+        line = _one_error_line(proc)
+        assert "epoch-1.pt" in line and ("CRC" in line or "corrupt" in line), (script, line)
+
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model"]["joiner.output_linear.weight"] = ckpt["model"]["joiner.output_linear.weight"][:, :7]
+    bad = tmp_path / "pretrained.pt"
+    torch.save(ckpt, bad)
+    proc = r.run([f"{RECIPE}/pretrained.py", "--checkpoint", bad, "--tokens", tokens, r.test_wavs(1)[0]],
+                 check=False)
+    line = _one_error_line(proc)
+    assert "joiner.output_linear.weight [100, 7] (model: [100, 64])" in line
+
+
+def test_pretrained_user_errors_are_one_line(tiny_recipe, tmp_path):
+    r = tiny_recipe
+    path, _ = _export(r)
+    tokens = r.workdir / r.lang_dir / "tokens.txt"
+    latin1 = tmp_path / "tokens.txt"
+    latin1.write_bytes(tokens.read_bytes().replace("\u2581".encode(), b"\xe9"))
+    proc = r.run([f"{RECIPE}/pretrained.py", "--checkpoint", path, "--tokens", latin1, r.test_wavs(1)[0]],
+                 check=False)
+    assert f"{latin1}:" in _one_error_line(proc) and "not UTF-8" in proc.stderr
+
+    one_sample, short = tmp_path / "one.wav", tmp_path / "short.wav"
+    sf.write(one_sample, np.zeros(1), 16000)
+    sf.write(short, 0.1 * np.ones(800), 16000)
+    for audio, what in ((one_sample, "too short"), (short, "too short"), (tmp_path, "is a directory")):
+        proc = r.run([f"{RECIPE}/pretrained.py", "--checkpoint", path, "--tokens", tokens, audio], check=False)
+        line = _one_error_line(proc, code=1)  # a per-file error: the other files would be decoded
+        assert str(audio) in line and what in line, line
+
+
+def test_decode_drops_cuts_too_short_for_the_subsampling(tiny_recipe):
+    from lhotse import CutSet
+
+    r = tiny_recipe
+    fbank = r.workdir / "data/fbank"
+    short_dir = r.workdir / "data/fbank_short"
+    short_dir.mkdir(exist_ok=True)
+    for f in fbank.iterdir():
+        if not (short_dir / f.name).exists() and "cuts_test" not in f.name:
+            (short_dir / f.name).symlink_to(f)
+    cuts = list(CutSet.from_file(fbank / "synth_cuts_test.jsonl.gz"))
+    tiny = cuts[0].truncate(duration=0.05).with_id("too-short")
+    CutSet.from_cuts(cuts + [tiny]).to_file(short_dir / "synth_cuts_test.jsonl.gz")
+    proc = r.run([f"{RECIPE}/decode.py", "--epoch", NUM_EPOCHS, "--avg", 1, "--use-averaged-model", "False",
+                  "--exp-dir", r.exp_dir, "--lang-dir", r.lang_dir, "--manifest-dir", "data/fbank_short",
+                  "--max-duration", "100", "--num-workers", "0"])
+    assert "dropped 1 cut(s) too short" in proc.stderr and "too-short" in proc.stderr
+    assert f"over {len(cuts)} utterances" in proc.stderr
+
+
+def _edits(a, b) -> int:
+    """Word-level edit distance."""
+    d = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, d[0] = d[:], i
+        for j, y in enumerate(b, 1):
+            d[j] = min(prev[j] + 1, d[j - 1] + 1, prev[j - 1] + (x != y))
+    return d[-1]
+
+
+def test_pretrained_chunked_long_file_agrees_with_unchunked(tiny_recipe, tmp_path):
+    """A 3-minute file made of test utterances, decoded by the committed trained
+    model in one piece and in 20 s chunks with 2 s context: the transcripts
+    agree to within 4% of the words (measured: 11 edits in 437 words) and the
+    chunked one is no further from the reference."""
+    import gzip
+    import json
+    import re
+    from pathlib import Path
+
+    r = tiny_recipe
+    data = Path(__file__).resolve().parent / "data" / "synth_small"
+    with gzip.open(r.workdir / "data/manifests/synth_supervisions_test.jsonl.gz", "rt") as f:
+        texts = {s["recording_id"]: s["text"] for s in map(json.loads, f)}
+    wavs = r.test_wavs(8)
+    waves = [read_audio(w) for w in wavs]
+    gap = np.zeros(4000, dtype=np.float32)
+    long, ref = [], []
+    while sum(len(w) for w in long) < 180 * 16000:
+        for path, w in zip(wavs, waves):
+            long += [w, gap]
+            ref += texts[path.name.split(".")[0]].split()
+    path = tmp_path / "long.wav"
+    sf.write(path, np.concatenate(long), 16000, subtype="PCM_16")
+    common = [f"{RECIPE}/pretrained.py", "--checkpoint", data / "pretrained.pt", "--tokens", data / "tokens.txt"]
+    whole = r.run([*common, "--chunk-duration", "1000", path])
+    chunked = r.run([*common, "--chunk-duration", "20", "--chunk-context", "2", path])
+    done = re.findall(r"chunk: (\d+)/(\d+)", chunked.stderr)  # progress, to the end
+    assert done and done[-1][0] == done[-1][1] and int(done[-1][1]) >= 9, chunked.stderr
+    a, b = whole.stdout.split("\n")[1].split(), chunked.stdout.split("\n")[1].split()
+    assert len(a) > 300
+    assert _edits(a, b) <= 0.04 * len(a)
+    assert _edits(ref, b) <= _edits(ref, a) + 0.01 * len(ref)

@@ -82,3 +82,15 @@ def test_bad_bpe_inputs(tmp_path):
     (tmp_path / "junk.model").write_text("junk")
     with pytest.raises(TokenFileError, match="junk.model"):
         load_bpe_model(tmp_path / "junk.model")
+
+
+def test_a_tokens_file_that_is_not_utf8_is_named(tmp_path):
+    from icefall.tokens import TokenFileError, read_lexicon, read_tokens
+
+    path = tmp_path / "tokens.txt"
+    path.write_bytes("<blk> 0\n\u2581A 1\n".encode("utf-8") + b"\xff\xfe 2\n")
+    with pytest.raises(TokenFileError, match=r"tokens\.txt:3: not UTF-8") as e:
+        read_tokens(path)
+    assert "\n" not in str(e.value)
+    with pytest.raises(TokenFileError, match="not UTF-8"):
+        read_lexicon(path)

@@ -32,36 +32,45 @@ Decode with ./pruned_transducer_stateless3/onnx_pretrained.py or sherpa-onnx.
 import argparse
 import copy
 import logging
-import shutil
 import sys
 from pathlib import Path
 from typing import Dict, Optional
 
-import torch
-from torch import Tensor, nn
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from icefall.checkpoint import CheckpointError, add_checkpoint_arguments  # noqa: E402
+from icefall.threads import apply_num_threads, set_thread_env  # noqa: E402
+
+set_thread_env()  # before torch is imported
+
+import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from icefall.checkpoint import add_checkpoint_arguments  # noqa: E402
+from icefall.cli import check_inputs_exist, make_parser, run_main  # noqa: E402
+from icefall.onnx_decode import subsampling_metadata  # noqa: E402
 from icefall.onnx_export import (OPSET, add_metadata, check_close, example_features,  # noqa: E402
-                                 export_decoder_and_joiner, export_graph, quantize_int8,
-                                 run_onnx)
-from icefall.tokens import TokenFileError, read_tokens  # noqa: E402
+                                 export_decoder_and_joiner, export_graph, new_export_id,
+                                 quantize_int8, run_onnx, write_export)
+from icefall.tokens import read_tokens  # noqa: E402
 from icefall.utils import str2bool  # noqa: E402
 from jit import TraceableEncoder, convert_scaled_to_plain  # noqa: E402
-from model import add_model_arguments, load_model  # noqa: E402
+from model import add_model_arguments, frames_after_subsampling, load_model  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--exp-dir", type=Path, default=Path("pruned_transducer_stateless3/exp"))
-    parser.add_argument("--output-dir", type=Path, default=None, help="default: --exp-dir")
+    parser = make_parser(__doc__)
+    parser.add_argument("--exp-dir", type=Path, default=Path("pruned_transducer_stateless3/exp"),
+                        help="where the checkpoints are (and the output, without --output-dir)")
+    parser.add_argument("--output-dir", type=Path, default=None, help="where to write (None: --exp-dir)")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="an exported pretrained.pt; if given, --epoch/--iter/--avg are not used")
-    parser.add_argument("--tokens", type=Path, default=Path("data/lang_bpe_500/tokens.txt"))
+    parser.add_argument("--tokens", type=Path, default=Path("data/lang_bpe_500/tokens.txt"),
+                        help="tokens.txt of the model (copied beside the ONNX files)")
     add_checkpoint_arguments(parser)
     parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset version")
-    parser.add_argument("--int8", type=str2bool, default=True, help="also write *.int8.onnx")
+    parser.add_argument("--int8", type=str2bool, default=True, help="also write *.int8.onnx (true/false)")
+    parser.add_argument("--verbose", type=str2bool, default=False,
+                        help="show onnxruntime's quantizer output (true/false)")
     add_model_arguments(parser)
     return parser
 
@@ -79,21 +88,33 @@ class OnnxEncoder(nn.Module):
         return self.encoder_proj(encoder_out), encoder_out_lens
 
 
-def export_onnx(model: nn.Module, out_dir: Path, opset: int = OPSET,
-                int8: bool = True) -> Dict[str, Path]:
-    """Write encoder/decoder/joiner .onnx (and .int8.onnx) of `model` into `out_dir`.
+def export_onnx(model: nn.Module, out_dir: Path, opset: int = OPSET, int8: bool = True,
+                tokens: Optional[Path] = None, verbose: bool = False) -> Dict[str, Path]:
+    """Write encoder/decoder/joiner .onnx (and .int8.onnx) of `model`, and a
+    copy of `tokens`, into `out_dir`.
 
-    Each graph is checked with onnx.checker, and run with onnxruntime against
-    the PyTorch modules (rtol 1e-4) at lengths other than the traced one.
-    Returns {"encoder": path, ..., "encoder.int8": path, ...}.
+    Everything is written into a temporary folder inside `out_dir` and moved
+    into place at the end (icefall.onnx_export.write_export): a failure or a
+    kill before that leaves the previous export as it was, and the shared
+    ``export_id`` in the metadata lets readers refuse a set mixed by a kill
+    during the renames. Each graph is checked with onnx.checker, and run with
+    onnxruntime against the PyTorch modules (rtol 1e-4) at lengths other
+    than the traced one. `verbose` shows onnxruntime's quantizer output.
+    Returns {"encoder": path, ..., "encoder.int8": path, ..., "tokens": path}.
     """
+    return write_export(out_dir, lambda work: _write_onnx_files(model, work, opset, int8, verbose),
+                        tokens=tokens)
+
+
+def _write_onnx_files(model: nn.Module, out_dir: Path, opset: int, int8: bool,
+                      verbose: bool) -> Dict[str, Path]:
     model = model.to("cpu").eval()
-    out_dir.mkdir(parents=True, exist_ok=True)
     # eval() on the wrapper too: torch.onnx.export restores the top module's
     # train/eval mode recursively, which would switch dropout on.
     plain = convert_scaled_to_plain(copy.deepcopy(model))
     encoder = OnnxEncoder(plain).eval()
     paths = {name: out_dir / f"{name}.onnx" for name in ("encoder", "decoder", "joiner")}
+    export_id = new_export_id()  # shared by the files of this export
 
     x, x_lens = example_features(model.encoder.num_features, [100, 73])
     export_graph(encoder, (x, x_lens), paths["encoder"], ["x", "x_lens"],
@@ -103,16 +124,17 @@ def export_onnx(model: nn.Module, out_dir: Path, opset: int = OPSET,
     add_metadata(paths["encoder"], {
         "model_type": "conformer", "version": "1", "model_author": "icefall-pure-python",
         "comment": "pruned_transducer_stateless3", "feature_dim": model.encoder.num_features,
-        "subsampling_factor": model.encoder.subsampling_factor,
+        **subsampling_metadata(frames_after_subsampling), "export_id": export_id,
     })
     # also checks both against the PyTorch model
-    export_decoder_and_joiner(plain, paths["decoder"], paths["joiner"], opset, reference=model)
+    export_decoder_and_joiner(plain, paths["decoder"], paths["joiner"], opset, reference=model,
+                              metadata={"export_id": export_id})
     check_onnx_against_torch(paths, model)
 
     if int8:
         for name in ("encoder", "decoder", "joiner"):
             paths[f"{name}.int8"] = out_dir / f"{name}.int8.onnx"
-            quantize_int8(paths[name], paths[f"{name}.int8"])
+            quantize_int8(paths[name], paths[f"{name}.int8"], verbose)
     return paths
 
 
@@ -127,23 +149,27 @@ def check_onnx_against_torch(paths: Dict[str, Path], model: nn.Module, rtol: flo
                     f"{paths['encoder']} at lengths {lens}", rtol)
 
 
-def main(argv: Optional[list] = None) -> int:
+def run(argv: Optional[list] = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     args = get_parser().parse_args(argv)
-    try:
-        tokens = read_tokens(args.tokens)
-        model = load_model(args, tokens, args.tokens)
-    except (CheckpointError, TokenFileError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    apply_num_threads()
+    inputs = {"--tokens": args.tokens}
+    inputs.update({"--checkpoint": args.checkpoint} if args.checkpoint else {"--exp-dir": args.exp_dir})
+    check_inputs_exist(__file__, inputs)
+    tokens = read_tokens(args.tokens)
+    model = load_model(args, tokens, args.tokens)
     out_dir = args.output_dir or args.exp_dir
-    paths = export_onnx(model, out_dir, opset=args.opset, int8=args.int8)
-    tokens_out = out_dir / "tokens.txt"
-    if tokens_out.resolve() != args.tokens.resolve():
-        shutil.copyfile(args.tokens, tokens_out)
-    for path in list(paths.values()) + [tokens_out]:
+    same_tokens = (out_dir / "tokens.txt").resolve() == args.tokens.resolve()
+    paths = export_onnx(model, out_dir, opset=args.opset, int8=args.int8,
+                        tokens=None if same_tokens else args.tokens, verbose=args.verbose)
+    for path in paths.values():
         logging.info(f"wrote {path}: {path.stat().st_size / 2**20:.1f} MB")
     return 0
+
+
+def main(argv: Optional[list] = None) -> int:
+    """The exit code: 0, or 2 after a one-line error (a bad file or flag)."""
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":

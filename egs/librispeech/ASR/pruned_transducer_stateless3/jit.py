@@ -223,6 +223,11 @@ class JitTransducer(nn.Module):
         """Same as ``encoder``: (encoder_out [B, T', C], encoder_out_lens [B])."""
         return self.encoder(x, x_lens)
 
+    @torch.jit.export
+    def forward_encoder(self, x: Tensor, x_lens: Tensor) -> Tuple[Tensor, Tensor]:
+        """As the eager model's: (encoder_out [B, T', C], encoder_out_lens [B])."""
+        return self.encoder(x, x_lens)
+
 
 def export_jit(model: nn.Module, path: PathLike) -> None:
     """Write a TorchScript file of `model` (a Transducer, on any device) to `path`.
@@ -239,10 +244,36 @@ def export_jit(model: nn.Module, path: PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    scripted.save(str(tmp))
-    tmp.replace(path)
+    try:
+        scripted.save(str(tmp))
+        drop_debug_info(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     check_against_eager(load_jit(path), model)
     logging.info(f"export_jit: wrote {path}")
+
+
+def drop_debug_info(path: PathLike) -> None:
+    """Remove the ``*.debug_pkl`` members of a TorchScript archive (in place).
+
+    They map the graph back to source lines, naming each source file by its
+    absolute path (the repository's, the virtualenv's), which a shared model
+    should not carry; the model loads and runs the same without them (only
+    TorchScript error messages lose their source lines).
+    """
+    import zipfile
+
+    path = Path(path)
+    stripped = path.with_name(path.name + ".nodebug")
+    try:
+        with zipfile.ZipFile(path) as zin, zipfile.ZipFile(stripped, "w", zipfile.ZIP_STORED) as zout:
+            for info in zin.infolist():
+                if not info.filename.endswith(".debug_pkl"):
+                    zout.writestr(info, zin.read(info.filename))
+        stripped.replace(path)
+    finally:
+        stripped.unlink(missing_ok=True)
 
 
 def load_jit(path: PathLike, device: Union[str, torch.device] = "cpu") -> torch.jit.ScriptModule:

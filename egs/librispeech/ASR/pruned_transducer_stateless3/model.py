@@ -70,6 +70,12 @@ class Transducer(nn.Module):
         self.simple_am_proj = ScaledLinear(encoder_dim, vocab_size, initial_speed=0.5)
         self.simple_lm_proj = ScaledLinear(decoder_dim, vocab_size)
 
+    def forward_encoder(self, x: Tensor, x_lens: Tensor, warmup: float = 1.0) -> Tuple[Tensor, Tensor]:
+        """fbank x [N, T, 80] (padded with log(1e-10)), x_lens [N] ->
+        (encoder_out [N, T', encoder_dim], encoder_out_lens [N]), T' =
+        frames_after_subsampling(T)."""
+        return self.encoder(x, x_lens, warmup=warmup)
+
     def forward(self, x: Tensor, x_lens: Tensor, y: List[List[int]],
                 prune_range: int = 5, am_scale: float = 0.0, lm_scale: float = 0.0,
                 warmup: float = 1.0, reduction: str = "sum") -> Tuple[Tensor, Tensor]:
@@ -94,7 +100,7 @@ class Transducer(nn.Module):
         assert x.ndim == 3 and x_lens.ndim == 1, (x.shape, x_lens.shape)
         assert x.size(0) == x_lens.size(0) == len(y), (x.shape, x_lens.shape, len(y))
 
-        encoder_out, encoder_out_lens = self.encoder(x, x_lens, warmup=warmup)
+        encoder_out, encoder_out_lens = self.forward_encoder(x, x_lens, warmup=warmup)
         assert torch.all(encoder_out_lens > 0), encoder_out_lens
 
         blank_id = self.decoder.blank_id
@@ -126,6 +132,13 @@ class Transducer(nn.Module):
                                        ranges=ranges, termination_symbol=blank_id,
                                        boundary=boundary, reduction=reduction)
         return simple_loss, pruned_loss
+
+
+def frames_after_subsampling(num_frames: int) -> int:
+    """Encoder output frames for ``num_frames`` fbank frames (Conv2dSubsampling:
+    two 3x3 convolutions with stride 2, as icefall's pts3); below 1 (fewer
+    than 7 frames) the input is too short for the model."""
+    return ((num_frames - 1) // 2 - 1) // 2
 
 
 def pad_token_ids(y: List[List[int]], pad_id: int,
@@ -201,9 +214,16 @@ def add_model_arguments(parser) -> None:
     training and for icefall's own files, which carry none.
     """
     group = parser.add_argument_group("model sizes (ignored when the checkpoint carries a config)")
+    help_text = {
+        "feature_dim": "fbank bins of the input", "subsampling_factor": "encoder frame rate reduction (4 only)",
+        "encoder_dim": "Conformer d_model", "nhead": "attention heads per encoder layer",
+        "dim_feedforward": "feed-forward width of an encoder layer", "num_encoder_layers": "encoder layers",
+        "cnn_module_kernel": "kernel size of the Conformer convolution module",
+        "decoder_dim": "decoder embedding size", "joiner_dim": "joiner hidden size",
+        "context_size": "decoder context: 1 bigram, 2 trigram",
+    }
     for key, default in SIZE_FLAGS.items():
-        help_text = {"encoder_dim": "Conformer d_model", "context_size": "decoder context: 1 bigram, 2 trigram"}
-        group.add_argument(f"--{key.replace('_', '-')}", type=int, default=default, help=help_text.get(key))
+        group.add_argument(f"--{key.replace('_', '-')}", type=int, default=default, help=help_text[key])
 
 
 def config_from_args(args, vocab_size: int, blank_id: int = 0) -> Dict:
@@ -215,26 +235,10 @@ def config_from_args(args, vocab_size: int, blank_id: int = 0) -> Dict:
 
 def load_model(args, tokens, tokens_path) -> Transducer:
     """The model that ``--checkpoint`` (an exported file) or
-    ``--exp-dir --epoch/--iter/--avg/--use-averaged-model`` select, in eval mode.
+    ``--exp-dir --epoch/--iter/--avg/--use-averaged-model`` select, in eval
+    mode: :func:`icefall.model_loading.load_model` with this recipe."""
+    import sys
 
-    The sizes come from the config stored in the files, or from the size
-    flags for icefall's own files, which carry none. The tokens must fit
-    the model. As in icefall, an emitted ``<unk>`` is dropped like a blank.
-    """
-    from icefall.checkpoint import load_file, read_config, select_checkpoints_from_args
-    from icefall.tokens import check_tokens_fit_model
+    from icefall.model_loading import load_model as load
 
-    if getattr(args, "checkpoint", None) is not None:
-        ckpt = load_file(args.checkpoint)  # weights_only=True
-        state_dict, config = ckpt["model"], ckpt.get("config")
-    else:
-        selection = select_checkpoints_from_args(args)
-        logging.info(f"loading {[str(f) for f in selection.files]} ({selection.mode})")
-        state_dict, config = selection.load_state_dict(), read_config(selection.files[-1])
-    config = config or config_from_args(args, vocab_size=len(tokens))
-    check_tokens_fit_model(tokens, config["vocab_size"], tokens_path)
-    model = build_model(config)
-    load_icefall_state_dict(model, state_dict)
-    if "<unk>" in tokens:
-        model.unk_id = tokens["<unk>"]
-    return model.eval()
+    return load(sys.modules[__name__], args, tokens, tokens_path)

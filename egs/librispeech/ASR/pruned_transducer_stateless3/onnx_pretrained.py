@@ -15,11 +15,13 @@ Usage:
 each file ``filename:`` and the transcript on the next line, then an empty
 line. Features come from kaldi-native-fbank with the settings of our
 training features (see icefall/onnx_decode.py); the run needs onnxruntime,
-numpy, soundfile and kaldi-native-fbank, not torch. A file that cannot be
-read gets a one-line error and the exit code 1; the other files are decoded.
+numpy, soundfile and kaldi-native-fbank, not torch. Batching by
+--max-duration and chunked decoding of long files are as in pretrained.py.
+The three files must come from one export-onnx.py run (their metadata
+carry a shared export id). A file that cannot be used gets a one-line error
+and the exit code 1; the other files are decoded.
 """
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -28,46 +30,58 @@ from typing import List, Optional
 # The repository root, for `icefall` when it is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
 
-from icefall.audio import read_audio_files  # noqa: E402
-from icefall.onnx_decode import DECODERS, OnnxTransducer, decode_waveforms, skip_ids_for  # noqa: E402
-from icefall.tokens import TokenFileError, check_tokens_fit_model, read_tokens  # noqa: E402
+from icefall.threads import set_thread_env  # noqa: E402
+
+set_thread_env()  # OpenMP waiting policy (no torch here: onnxruntime has --num-threads)
+
+from icefall.cli import UserError, check_inputs_exist, make_parser, run_main  # noqa: E402
+from icefall.onnx_decode import DECODERS, OnnxBackend, OnnxTransducer, skip_ids_for  # noqa: E402
+from icefall.tokens import check_tokens_fit_model, read_tokens  # noqa: E402
+from icefall.transcribe import add_transcribe_arguments, print_results, transcribe_files  # noqa: E402
 
 
-def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_parser():
+    parser = make_parser(__doc__)
     parser.add_argument("--encoder", type=Path, required=True, help="encoder.onnx (or encoder.int8.onnx)")
     parser.add_argument("--decoder", type=Path, required=True, help="decoder.onnx")
     parser.add_argument("--joiner", type=Path, required=True, help="joiner.onnx")
     parser.add_argument("--tokens", type=Path, required=True, help="tokens.txt of the model")
-    parser.add_argument("--method", choices=sorted(DECODERS), default="greedy_search")
+    parser.add_argument("--method", choices=sorted(DECODERS), default="greedy_search", help="decoding method")
     parser.add_argument("--beam-size", type=int, default=4, help="modified_beam_search only")
-    parser.add_argument("--num-threads", type=int, default=1)
+    parser.add_argument("--num-threads", type=int, default=1, help="onnxruntime threads per session")
+    add_transcribe_arguments(parser)
     parser.add_argument("sound_files", type=Path, nargs="+", help="audio files (wav, flac, ...), any sample rate")
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def load(args) -> OnnxTransducer:
+    try:
+        return OnnxTransducer(args.encoder, args.decoder, args.joiner, num_threads=args.num_threads)
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    except Exception as e:  # onnxruntime: not an ONNX file, or a broken one
+        raise UserError(f"cannot load the ONNX model: {str(e).strip().splitlines()[0]}") from None
+
+
+def run(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     args = get_parser().parse_args(argv)
-    try:
-        tokens = read_tokens(args.tokens)
-        model = OnnxTransducer(args.encoder, args.decoder, args.joiner, num_threads=args.num_threads)
-        check_tokens_fit_model(tokens, model.vocab_size, args.tokens)
-    except (TokenFileError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # onnxruntime: not an ONNX file, or a broken one
-        print(f"error: cannot load the ONNX model: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
+    check_inputs_exist(__file__, {"--encoder": args.encoder, "--decoder": args.decoder,
+                                  "--joiner": args.joiner, "--tokens": args.tokens})
+    tokens = read_tokens(args.tokens)
+    model = load(args)
+    check_tokens_fit_model(tokens, model.vocab_size, args.tokens)
     logging.info(f"decoding {len(args.sound_files)} file(s) with {args.method}")
 
-    waves, names, failed = read_audio_files(args.sound_files)
-    if waves:
-        hyps = decode_waveforms(model, waves, args.method, beam=args.beam_size,
-                                skip_ids=skip_ids_for(model, tokens))
-        for name, hyp in zip(names, hyps):
-            print(f"{name}:\n{tokens.decode(hyp)}\n", flush=True)
-    return 1 if failed else 0
+    backend = OnnxBackend(model, args.method, beam=args.beam_size, skip_ids=skip_ids_for(model, tokens))
+    results = transcribe_files(backend, args.sound_files, args.max_duration,
+                               args.chunk_duration, args.chunk_context)
+    return print_results(results, tokens.decode)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The exit code: 0, 1 (some files could not be decoded) or 2 (a user error, one line)."""
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":

@@ -11,81 +11,86 @@ Usage:
 
 prints, for each file, ``filename:`` and the transcript on the next line.
 Files at other sample rates are resampled to 16 kHz, multi-channel files use
-the first channel. A file that cannot be read gets a one-line error and the
-other files are still decoded; the exit code is then 1.
+the first channel. Short files are decoded in batches of at most
+--max-duration seconds; a file longer than --chunk-duration is decoded alone,
+in overlapping chunks, so memory stays bounded (a 1-hour file needs well under
+2 GB) and its progress is logged. A file that cannot be used (unreadable, too
+short, NaN samples, a directory, ...) gets a one-line error and the other
+files are still decoded; the exit code is then 1. Errors in the model or
+tokens give one line and exit code 2.
 
 Our exports carry their config; icefall's own pretrained.pt files carry
 none, and are read with the model-size flags (the defaults are icefall's
 LibriSpeech model).
 """
 
-import argparse
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-import torch
-from torch.nn.utils.rnn import pad_sequence
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from icefall.audio import read_audio_files  # noqa: E402
-from icefall.beam_search import DECODING_METHODS, decode_batch  # noqa: E402
-from icefall.checkpoint import CheckpointError  # noqa: E402
-from icefall.features import compute_fbank  # noqa: E402
-from icefall.tokens import TokenFileError, read_tokens  # noqa: E402
-from model import add_model_arguments, load_model  # noqa: E402
+from icefall.threads import apply_num_threads, set_thread_env  # noqa: E402
 
-LOG_EPS = math.log(1e-10)  # feature padding value, as icefall pads
+set_thread_env()  # before torch is imported
+
+from icefall.cli import check_inputs_exist, make_parser, run_main  # noqa: E402
+from icefall.transcribe import add_transcribe_arguments, print_results, transcribe_files  # noqa: E402
+from model import add_model_arguments, frames_after_subsampling, load_model  # noqa: E402
 
 
-def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True, help="exported pretrained.pt")
+def get_parser():
+    from icefall.beam_search import DECODING_METHODS
+
+    parser = make_parser(__doc__)
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="exported pretrained.pt (or any single checkpoint)")
     parser.add_argument("--tokens", type=Path, required=True, help="tokens.txt of the model")
-    parser.add_argument("--method", choices=DECODING_METHODS, default="greedy_search")
-    parser.add_argument("--beam-size", type=int, default=4)
+    parser.add_argument("--method", choices=DECODING_METHODS, default="greedy_search", help="decoding method")
+    parser.add_argument("--beam-size", type=int, default=4, help="beam searches only")
     parser.add_argument("--max-sym-per-frame", type=int, default=1, help="greedy_search only")
-    parser.add_argument("--device", type=str, default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--device", type=str, default=None, help="cpu or cuda (None: cuda if available)")
+    add_transcribe_arguments(parser)
     parser.add_argument("sound_files", type=Path, nargs="+", help="audio files (wav, flac, ...), any sample rate")
     add_model_arguments(parser)
     return parser
 
 
 def transcribe(model, tokens, waves: List, method: str, beam: int, max_sym: int, device) -> List[str]:
-    """Decode a batch of 16 kHz waveforms; returns one transcript each."""
-    features = [f.to(device) for f in compute_fbank(waves, device=device)]
-    lens = torch.tensor([f.size(0) for f in features], device=device)
-    x = pad_sequence(features, batch_first=True, padding_value=LOG_EPS)
-    with torch.no_grad():
-        encoder_out, encoder_out_lens = model.encoder(x, lens)
-        hyps = decode_batch(model, encoder_out, encoder_out_lens, method, beam=beam, max_sym_per_frame=max_sym)
-    return [tokens.decode(h) for h in hyps]
+    """Decode a batch of 16 kHz waveforms in one go; returns one transcript each."""
+    from icefall.torch_backend import TorchBackend
+
+    backend = TorchBackend(model, frames_after_subsampling, method, beam, max_sym, device)
+    return [tokens.decode(h) for h in backend.search(backend.encode(backend.features(waves)))]
+
+
+def run(argv: Optional[List[str]] = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    args = get_parser().parse_args(argv)
+    apply_num_threads()
+    check_inputs_exist(__file__, {"--checkpoint": args.checkpoint, "--tokens": args.tokens})
+
+    import torch
+
+    from icefall.tokens import read_tokens
+    from icefall.torch_backend import TorchBackend
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tokens = read_tokens(args.tokens)
+    model = load_model(args, tokens, args.tokens).to(device)
+    logging.info(f"decoding {len(args.sound_files)} file(s) with {args.method} on {device}")
+
+    backend = TorchBackend(model, frames_after_subsampling, args.method, args.beam_size,
+                           args.max_sym_per_frame, device)
+    results = transcribe_files(backend, args.sound_files, args.max_duration,
+                               args.chunk_duration, args.chunk_context)
+    return print_results(results, tokens.decode)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-    args = get_parser().parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        tokens = read_tokens(args.tokens)
-        model = load_model(args, tokens, args.tokens).to(device)
-    except (CheckpointError, TokenFileError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:  # load_state_dict: names or shapes differ
-        print(f"error: {args.checkpoint}: does not fit the model: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-    logging.info(f"decoding {len(args.sound_files)} file(s) with {args.method} on {device}")
-
-    waves, names, failed = read_audio_files(args.sound_files)
-    if waves:
-        texts = transcribe(model, tokens, waves, args.method, args.beam_size, args.max_sym_per_frame, device)
-        for name, text in zip(names, texts):
-            print(f"{name}:\n{text}\n", flush=True)
-    return 1 if failed else 0
+    """The exit code: 0, 1 (some files could not be decoded) or 2 (a user error, one line)."""
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":

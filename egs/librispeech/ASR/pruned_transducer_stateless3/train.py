@@ -32,6 +32,10 @@ from typing import Dict, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from icefall.threads import set_thread_env  # noqa: E402
+
+set_thread_env()  # before torch is imported; icefall/trainer.py applies the thread count
+
 from icefall.asr_datamodule import AsrDataModule  # noqa: E402
 from icefall.trainer import Recipe, add_training_arguments, new_parser, run_training  # noqa: E402
 from icefall.utils import AttributeDict, MetricsTracker  # noqa: E402

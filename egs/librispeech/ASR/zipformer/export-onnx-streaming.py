@@ -27,34 +27,38 @@ transducer reads:
 
 Everything is written into a temporary folder inside --output-dir and moved
 into place at the end, so a failed or killed export leaves the previous
-files as they were.  Each graph is checked against PyTorch with onnxruntime.
+files as they were, and every file carries the same random ``export_id`` in
+its metadata (icefall/onnx_export.py).  Each graph is checked against
+PyTorch with onnxruntime.
 """
 
 import argparse
 import logging
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
-
-import torch
-from torch import Tensor, nn
 
 RECIPE = Path(__file__).resolve().parent
 sys.path.insert(0, str(RECIPE))
 sys.path.insert(0, str(RECIPE.parents[3]))  # the repository root, for `icefall`
 
+from icefall.threads import apply_num_threads, set_thread_env  # noqa: E402
+
+set_thread_env()
+
+import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
 from icefall.checkpoint import CheckpointError, add_checkpoint_arguments  # noqa: E402
 from icefall.onnx_export import (OPSET, add_metadata, check_close,  # noqa: E402
-                                 export_decoder_and_joiner, export_graph, quantize_int8,
-                                 run_onnx)
+                                 export_decoder_and_joiner, export_graph, new_export_id,
+                                 quantize_int8, run_onnx, write_export)
 from icefall.tokens import TokenFileError, read_tokens  # noqa: E402
 from icefall.utils import str2bool  # noqa: E402
-from model import add_model_arguments  # noqa: E402
+from icefall.onnx_decode import subsampling_metadata  # noqa: E402
+from model import add_model_arguments, frames_after_subsampling  # noqa: E402
 from scaling import SwooshL  # noqa: E402
-from streaming_decode import import_export_onnx, set_streaming, single_int  # noqa: E402
+from streaming_decode import import_export_onnx, load_model, set_streaming, single_int  # noqa: E402
 
 PAD_FRAMES = 7 + 2 * 3  # look-ahead of the subsampling (Conv2d + ConvNeXt)
 STATE_NAMES = ("cached_key", "cached_nonlin_attn", "cached_val1", "cached_val2",
@@ -79,6 +83,8 @@ def get_parser() -> argparse.ArgumentParser:
                         help="ONNX opset version (default: %(default)s)")
     parser.add_argument("--int8", type=str2bool, default=True,
                         help="also write *.int8.onnx (default: %(default)s)")
+    parser.add_argument("--verbose", type=str2bool, default=False,
+                        help="show onnxruntime's quantizer output (default: %(default)s)")
     add_model_arguments(parser)
     parser.epilog = ("--chunk-size and --left-context-frames take one value each here "
                      "(frames at 50 Hz, e.g. 16 and 128): the exported model's chunk and "
@@ -128,6 +134,8 @@ def encoder_metadata(model: nn.Module) -> Dict[str, object]:
         "query_head_dims": join(enc.query_head_dim),
         "value_head_dims": join(enc.value_head_dim),
         "num_heads": join(enc.num_heads),
+        # what icefall.onnx_decode checks in every encoder (the offline model's lengths)
+        "feature_dim": 80, **subsampling_metadata(frames_after_subsampling),
     }
 
 
@@ -144,9 +152,11 @@ def for_onnx(model: nn.Module) -> nn.Module:
     return model
 
 
-def export_encoder(model: nn.Module, path: Path, opset: int = OPSET) -> None:
-    """encoder.onnx of a causal model set to one chunk size and left context;
-    checked over 3 chunks of a batch of 2 against PyTorch."""
+def export_encoder(model: nn.Module, path: Path, opset: int = OPSET,
+                   metadata: Optional[Dict[str, object]] = None) -> None:
+    """encoder.onnx of a causal model set to one chunk size and left context,
+    with `metadata` added to icefall's; checked over 3 chunks of a batch of 2
+    against PyTorch."""
     plain = for_onnx(model)
     num_layers = sum(model.encoder.num_encoder_layers)
     names = state_names(num_layers)
@@ -159,7 +169,7 @@ def export_encoder(model: nn.Module, path: Path, opset: int = OPSET) -> None:
     x = torch.randn(1, T, 80, generator=torch.Generator().manual_seed(0))
     export_graph(wrapper, (x, *init_states(model)), path, ["x"] + names,
                  ["encoder_out"] + [f"new_{n}" for n in names], axes, opset)
-    add_metadata(path, encoder_metadata(model))
+    add_metadata(path, {**encoder_metadata(model), **(metadata or {})})
 
     reference = StreamingOnnxEncoder(model).eval()
     g = torch.Generator().manual_seed(1)
@@ -176,28 +186,11 @@ def export_encoder(model: nn.Module, path: Path, opset: int = OPSET) -> None:
 WORK_PREFIX = ".export-onnx-streaming-"
 
 
-def remove_abandoned_work_dirs(out_dir: Path) -> None:
-    """Delete the temporary folders of killed runs (their process is gone)."""
-    for d in out_dir.glob(f"{WORK_PREFIX}*"):
-        pid = d.name[len(WORK_PREFIX):].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(d, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
 def export_streaming_onnx(model: nn.Module, out_dir: Path, opset: int = OPSET, int8: bool = True,
-                          tokens: Optional[Path] = None) -> Dict[str, Path]:
+                          tokens: Optional[Path] = None, verbose: bool = False) -> Dict[str, Path]:
     """Write the encoder/decoder/joiner (and int8, tokens.txt) of a causal model
-    into out_dir through a temporary folder.  Returns {"encoder": path, ...}."""
+    into out_dir through a temporary folder (icefall.onnx_export.write_export).
+    Returns {"encoder": path, ...}."""
     model = model.to("cpu").eval()
     enc = model.encoder
     if not enc.causal:
@@ -207,42 +200,35 @@ def export_streaming_onnx(model: nn.Module, out_dir: Path, opset: int = OPSET, i
         raise ValueError(f"--chunk-size and --left-context-frames need one positive value each, "
                          f"got {enc.chunk_size} and {enc.left_context_frames}")
     suffix = f"chunk-{enc.chunk_size[0]}-left-{enc.left_context_frames[0]}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_work_dirs(out_dir)
-    work = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{WORK_PREFIX}{os.getpid()}-"))
-    try:
+
+    def write(work: Path) -> Dict[str, Path]:
         paths = {n: work / f"{n}-{suffix}.onnx" for n in ("encoder", "decoder", "joiner")}
-        export_encoder(model, paths["encoder"], opset)
+        same = {"export_id": new_export_id()}  # in every file of this export
+        export_encoder(model, paths["encoder"], opset, metadata=same)
         export_decoder_and_joiner(for_onnx(model), paths["decoder"], paths["joiner"], opset,
-                                  reference=model)
+                                  reference=model, metadata=same)
         if int8:
             for name in ("encoder", "decoder", "joiner"):
                 paths[f"{name}.int8"] = work / f"{name}-{suffix}.int8.onnx"
-                quantize_int8(paths[name], paths[f"{name}.int8"])
-        if tokens is not None:
-            paths["tokens"] = work / "tokens.txt"
-            shutil.copyfile(tokens, paths["tokens"])
-        final = {}
-        for name, path in paths.items():
-            final[name] = out_dir / path.name
-            os.replace(path, final[name])
-        return final
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+                quantize_int8(paths[name], paths[f"{name}.int8"], verbose)
+        return paths
+
+    return write_export(out_dir, write, tokens=tokens, work_prefix=WORK_PREFIX)
 
 
 def main(argv: Optional[list] = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     args = get_parser().parse_args(argv)
+    apply_num_threads()
     try:
         chunk = single_int("--chunk-size", args.chunk_size)
         left = single_int("--left-context-frames", args.left_context_frames)
         tokens = read_tokens(args.tokens)
-        model = import_export_onnx().load_model(args, tokens)
+        model = load_model(args, tokens)
         set_streaming(model, chunk, left)
         out_dir = args.output_dir or args.exp_dir
         paths = export_streaming_onnx(model, out_dir, opset=args.opset, int8=args.int8,
-                                      tokens=args.tokens)
+                                      tokens=args.tokens, verbose=args.verbose)
     except (CheckpointError, TokenFileError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

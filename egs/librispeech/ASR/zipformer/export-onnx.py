@@ -26,6 +26,12 @@ writes into --output-dir (default: --exp-dir), with their *.int8.onnx versions
   (model_type "zipformer2_ctc"): x, x_lens -> log_probs [N, T', vocab],
   log_probs_len [N].
 
+Every file carries the same random ``export_id`` in its metadata, and the
+files are written into a temporary folder inside --output-dir and moved into
+place at the end, so a failed or killed export leaves the previous one as it
+was (icefall/onnx_export.py). Each graph is checked against PyTorch with
+onnxruntime.
+
 Decode with ./zipformer/onnx_pretrained.py (transducer),
 ./zipformer/onnx_pretrained_ctc.py (CTC), or sherpa-onnx.
 """
@@ -34,47 +40,54 @@ import argparse
 import copy
 import logging
 import math
-import shutil
 import sys
 from pathlib import Path
 from typing import Dict, Optional
-
-import torch
-from torch import Tensor, nn
 
 RECIPE = Path(__file__).resolve().parent
 sys.path.insert(0, str(RECIPE))
 sys.path.insert(0, str(RECIPE.parents[3]))  # the repository root, for `icefall`
 
-from icefall.checkpoint import CheckpointError, add_checkpoint_arguments  # noqa: E402
+from icefall.threads import apply_num_threads, set_thread_env  # noqa: E402
+
+set_thread_env()
+
+import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+import model as recipe_model  # noqa: E402
+from icefall.checkpoint import add_checkpoint_arguments  # noqa: E402
+from icefall.cli import check_inputs_exist, make_parser, run_main  # noqa: E402
+from icefall.model_loading import load_model as load_recipe_model  # noqa: E402
+from icefall.onnx_decode import subsampling_metadata  # noqa: E402
 from icefall.onnx_export import (OPSET, add_metadata, check_close, example_features,  # noqa: E402
-                                 export_decoder_and_joiner, export_graph, quantize_int8,
-                                 run_onnx)
-from icefall.tokens import TokenFileError, read_tokens  # noqa: E402
+                                 export_decoder_and_joiner, export_graph, new_export_id,
+                                 quantize_int8, run_onnx, write_export)
+from icefall.tokens import read_tokens  # noqa: E402
 from icefall.utils import str2bool  # noqa: E402
-from model import add_model_arguments, build_model, config_from_args  # noqa: E402
+from model import add_model_arguments, frames_after_subsampling  # noqa: E402
 from scaling import SWOOSH, SwooshL  # noqa: E402
 from zipformer import (CompactRelPositionalEncoding, RelPositionMultiheadAttentionWeights,  # noqa: E402
                        SimpleDownsample)
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--exp-dir", type=Path, default=Path("zipformer/exp"),
-                        help="where the checkpoints are (default: %(default)s)")
+                        help="where the checkpoints are (and the output, without --output-dir)")
     parser.add_argument("--output-dir", type=Path, default=None,
-                        help="where to write (default: --exp-dir)")
+                        help="where to write (None: --exp-dir)")
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="a file with a 'model' state_dict; if given, --epoch/--iter/--avg "
-                        "are not used (default: %(default)s)")
+                        help="a file with a 'model' state_dict (export.py's pretrained.pt, "
+                        "icefall's); if given, --epoch/--iter/--avg are not used")
     parser.add_argument("--tokens", type=Path, default=Path("data/lang_bpe_500/tokens.txt"),
-                        help="tokens.txt (default: %(default)s)")
+                        help="tokens.txt of the model (copied beside the ONNX files)")
     add_checkpoint_arguments(parser)
-    parser.add_argument("--opset", type=int, default=OPSET,
-                        help="ONNX opset version (default: %(default)s)")
+    parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset version")
     parser.add_argument("--int8", type=str2bool, default=True,
-                        help="also write *.int8.onnx (default: %(default)s)")
+                        help="also write *.int8.onnx (true/false)")
+    parser.add_argument("--verbose", type=str2bool, default=False,
+                        help="show onnxruntime's quantizer output (true/false)")
     add_model_arguments(parser)
     return parser
 
@@ -215,75 +228,73 @@ def _export_encoder_like(module: nn.Module, reference: nn.Module, path: Path, ou
                         f"{path} at lengths {lens}")
 
 
-def export_onnx(model: nn.Module, out_dir: Path, opset: int = OPSET,
-                int8: bool = True) -> Dict[str, Path]:
-    """Write the .onnx files of `model`'s heads into `out_dir` (see the module
-    docstring); each is checked against the PyTorch model with onnxruntime.
-    Returns {"encoder": path, ..., "ctc": path, "encoder.int8": path, ...}."""
+def export_onnx(model: nn.Module, out_dir: Path, opset: int = OPSET, int8: bool = True,
+                tokens: Optional[Path] = None, verbose: bool = False) -> Dict[str, Path]:
+    """Write the .onnx files of `model`'s heads (see the module docstring) and a
+    copy of `tokens` into `out_dir`, through a temporary folder
+    (icefall.onnx_export.write_export); each is checked against the PyTorch
+    model with onnxruntime.  `verbose` shows onnxruntime's quantizer output.
+    Returns {"encoder": path, ..., "ctc": path, "encoder.int8": path, ..., "tokens": path}."""
+    return write_export(out_dir, lambda work: _write_onnx_files(model, work, opset, int8, verbose),
+                        tokens=tokens)
+
+
+def _write_onnx_files(model: nn.Module, out_dir: Path, opset: int, int8: bool,
+                      verbose: bool) -> Dict[str, Path]:
     model = model.to("cpu").eval()
-    out_dir.mkdir(parents=True, exist_ok=True)
     plain = convert_for_onnx(model)
     paths = {}
-    author = {"version": "1", "model_author": "icefall-pure-python"}
+    export_id = new_export_id()  # shared by the files of this export
+    common = {"version": "1", "model_author": "icefall-pure-python", "export_id": export_id,
+              "feature_dim": 80, **subsampling_metadata(frames_after_subsampling)}
     if model.use_transducer:
         paths["encoder"] = out_dir / "encoder.onnx"
         _export_encoder_like(OnnxEncoder(plain), OnnxEncoder(model), paths["encoder"],
                              ("encoder_out", "encoder_out_lens"),
-                             {"model_type": "zipformer2", **author,
+                             {"model_type": "zipformer2", **common,
                               "comment": "non-streaming zipformer2"}, opset)
         paths["decoder"], paths["joiner"] = out_dir / "decoder.onnx", out_dir / "joiner.onnx"
         export_decoder_and_joiner(plain, paths["decoder"], paths["joiner"], opset,
-                                  reference=model)
+                                  reference=model, metadata={"export_id": export_id})
     if model.use_ctc:
         paths["ctc"] = out_dir / "ctc.onnx"
         _export_encoder_like(OnnxCtc(plain), OnnxCtc(model), paths["ctc"],
                              ("log_probs", "log_probs_len"),
-                             {"model_type": "zipformer2_ctc", **author,
+                             {"model_type": "zipformer2_ctc", **common,
                               "comment": "non-streaming zipformer2 CTC"}, opset)
     if int8:
         for name in list(paths):
             paths[f"{name}.int8"] = out_dir / f"{name}.int8.onnx"
-            quantize_int8(paths[name], paths[f"{name}.int8"])
+            quantize_int8(paths[name], paths[f"{name}.int8"], verbose)
     return paths
 
 
 def load_model(args, tokens) -> nn.Module:
-    """The model --checkpoint or --exp-dir --epoch/--iter/--avg select, in eval mode;
-    its config from the file, else from the size flags."""
-    from icefall.checkpoint import load_file, read_config, select_checkpoints_from_args
-    from icefall.tokens import check_tokens_fit_model
+    """The model --checkpoint or --exp-dir --epoch/--iter/--avg select, in eval
+    mode (icefall.model_loading: its config from the file, else from the size
+    flags; shapes checked before allocating)."""
+    return load_recipe_model(recipe_model, args, tokens, args.tokens)
 
-    if args.checkpoint is not None:
-        ckpt = load_file(args.checkpoint)
-        state_dict, config = ckpt["model"], ckpt.get("config")
-    else:
-        selection = select_checkpoints_from_args(args)
-        logging.info(f"loading {[str(f) for f in selection.files]} ({selection.mode})")
-        state_dict, config = selection.load_state_dict(), read_config(selection.files[-1])
-    config = config or config_from_args(args, vocab_size=len(tokens))
-    check_tokens_fit_model(tokens, config["vocab_size"], args.tokens)
-    model = build_model(config)
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval()
+
+def run(argv: Optional[list] = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    args = get_parser().parse_args(argv)
+    apply_num_threads()
+    inputs = {"--tokens": args.tokens}
+    inputs.update({"--checkpoint": args.checkpoint} if args.checkpoint else {"--exp-dir": args.exp_dir})
+    check_inputs_exist(__file__, inputs)
+    tokens = read_tokens(args.tokens)
+    model = load_model(args, tokens)
+    paths = export_onnx(model, args.output_dir or args.exp_dir, opset=args.opset,
+                        int8=args.int8, tokens=args.tokens, verbose=args.verbose)
+    for path in paths.values():
+        logging.info(f"wrote {path}: {path.stat().st_size / 2**20:.1f} MB")
+    return 0
 
 
 def main(argv: Optional[list] = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-    args = get_parser().parse_args(argv)
-    try:
-        tokens = read_tokens(args.tokens)
-        model = load_model(args, tokens)
-    except (CheckpointError, TokenFileError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out_dir = args.output_dir or args.exp_dir
-    paths = export_onnx(model, out_dir, opset=args.opset, int8=args.int8)
-    tokens_out = out_dir / "tokens.txt"
-    if tokens_out.resolve() != args.tokens.resolve():
-        shutil.copyfile(args.tokens, tokens_out)
-    for path in list(paths.values()) + [tokens_out]:
-        logging.info(f"wrote {path}: {path.stat().st_size / 2**20:.1f} MB")
-    return 0
+    """The exit code: 0, or 2 after a one-line error (a bad file or flag)."""
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":

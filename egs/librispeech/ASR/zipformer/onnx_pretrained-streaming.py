@@ -25,6 +25,10 @@ from typing import List, Optional
 # The repository root, for `icefall` when it is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
 
+from icefall.threads import set_thread_env  # noqa: E402
+
+set_thread_env()  # OpenMP waiting policy (no torch here: onnxruntime has --num-threads)
+
 from icefall.audio import AudioFileError, read_audio  # noqa: E402
 from icefall.onnx_decode import skip_ids_for  # noqa: E402
 from icefall.streaming_onnx import OnnxStreamingTransducer, stream_waveform  # noqa: E402

@@ -26,6 +26,10 @@ import numpy as np
 # The repository root, for `icefall` when it is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
 
+from icefall.threads import set_thread_env  # noqa: E402
+
+set_thread_env()  # OpenMP waiting policy (no torch here: onnxruntime has --num-threads)
+
 from icefall.audio import read_audio_files  # noqa: E402
 from icefall.onnx_decode import compute_fbank_knf, pad_features  # noqa: E402
 from icefall.tokens import TokenFileError, check_tokens_fit_model, read_tokens  # noqa: E402

@@ -36,11 +36,16 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional, Tuple
 
-import torch
 
 RECIPE = Path(__file__).resolve().parent
 sys.path.insert(0, str(RECIPE))
 sys.path.insert(0, str(RECIPE.parents[3]))  # the repository root, for `icefall`
+
+from icefall.threads import apply_num_threads, set_thread_env  # noqa: E402
+
+set_thread_env()  # before torch is imported
+
+import torch  # noqa: E402
 
 from icefall.asr_datamodule import AsrDataModule  # noqa: E402
 from icefall.checkpoint import CheckpointError, add_checkpoint_arguments  # noqa: E402
@@ -86,7 +91,8 @@ def get_parser() -> argparse.ArgumentParser:
 def import_export_onnx():
     """export-onnx.py (a file name `import` cannot take) as a module, bound to
     this recipe's model/scaling/zipformer modules even if another recipe's
-    modules of the same names are loaded: its load_model and OnnxSwoosh."""
+    modules of the same names are loaded (export-onnx-streaming.py takes its
+    OnnxSwoosh)."""
     import importlib.util
 
     mine = {"model": recipe_model, "scaling": recipe_scaling, "zipformer": recipe_zipformer}
@@ -107,9 +113,12 @@ def import_export_onnx():
 
 
 def load_model(args, tokens: SymbolTable) -> torch.nn.Module:
-    """The model --checkpoint or --exp-dir --epoch/--iter/--avg select (export-onnx.py's
-    loader: the config stored in the file, else the size flags), in eval mode."""
-    return import_export_onnx().load_model(args, tokens)
+    """The model --checkpoint or --exp-dir --epoch/--iter/--avg select, in eval
+    mode (icefall.model_loading: the config stored in the file, else the size
+    flags; icefall's own files too)."""
+    from icefall.model_loading import load_model as load
+
+    return load(recipe_model, args, tokens, args.tokens)
 
 
 def single_int(flag: str, value: str) -> int:
@@ -161,6 +170,7 @@ def decode_test_set(decoder: StreamingDecoder, cuts, tokens: SymbolTable, num_st
 
 def main(argv: Optional[list] = None) -> int:
     args = get_parser().parse_args(argv)
+    apply_num_threads()
     try:
         chunk = single_int("--chunk-size", args.chunk_size)
         left = single_int("--left-context-frames", args.left_context_frames)

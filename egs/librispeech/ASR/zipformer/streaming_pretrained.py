@@ -24,11 +24,16 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 import numpy as np
-import torch
 
 RECIPE = Path(__file__).resolve().parent
 sys.path.insert(0, str(RECIPE))
 sys.path.insert(0, str(RECIPE.parents[3]))  # the repository root, for `icefall`
+
+from icefall.threads import apply_num_threads, set_thread_env  # noqa: E402
+
+set_thread_env()  # before torch is imported
+
+import torch  # noqa: E402
 
 from icefall.audio import AudioFileError, read_audio  # noqa: E402
 from icefall.checkpoint import CheckpointError, add_checkpoint_arguments  # noqa: E402
@@ -92,6 +97,7 @@ def stream_samples(decoder: StreamingDecoder, samples: np.ndarray, piece: int,
 def main(argv: Optional[list] = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     args = get_parser().parse_args(argv)
+    apply_num_threads()
     try:
         chunk = single_int("--chunk-size", args.chunk_size)
         left = single_int("--left-context-frames", args.left_context_frames)

@@ -1,0 +1,1 @@
+../../../librispeech/ASR/zipformer/decode.py

@@ -1,0 +1,1 @@
+../../../librispeech/ASR/zipformer/export.py

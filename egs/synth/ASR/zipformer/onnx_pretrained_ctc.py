@@ -1,0 +1,1 @@
+../../../librispeech/ASR/zipformer/onnx_pretrained_ctc.py
