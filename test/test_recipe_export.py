@@ -246,28 +246,24 @@ def _edits(a, b) -> int:
     return d[-1]
 
 
-def test_pretrained_chunked_long_file_agrees_with_unchunked(tiny_recipe, tmp_path):
-    """A 3-minute file made of test utterances, decoded by the committed trained
-    model in one piece and in 20 s chunks with 2 s context: the transcripts
-    agree to within 4% of the words (measured: 11 edits in 437 words) and the
-    chunked one is no further from the reference."""
-    import gzip
-    import json
+def test_pretrained_chunked_long_file_agrees_with_unchunked(tiny_recipe, synth_small_test_set, tmp_path):
+    """A 3-minute file made of test utterances of the committed trained model's
+    corpus, decoded by that model in one piece and in 20 s chunks with 2 s
+    context: the transcripts agree to within 8% of the words and the chunked
+    one is no further from the reference."""
     import re
     from pathlib import Path
 
     r = tiny_recipe
     data = Path(__file__).resolve().parent / "data" / "synth_small"
-    with gzip.open(r.workdir / "data/manifests/synth_supervisions_test.jsonl.gz", "rt") as f:
-        texts = {s["recording_id"]: s["text"] for s in map(json.loads, f)}
-    wavs = r.test_wavs(8)
-    waves = [read_audio(w) for w in wavs]
+    utts = synth_small_test_set.utts[:8]
+    waves = [read_audio(synth_small_test_set.audio_dir / f"{u.id}.flac") for u in utts]
     gap = np.zeros(4000, dtype=np.float32)
     long, ref = [], []
     while sum(len(w) for w in long) < 180 * 16000:
-        for path, w in zip(wavs, waves):
+        for u, w in zip(utts, waves):
             long += [w, gap]
-            ref += texts[path.name.split(".")[0]].split()
+            ref += u.text.split()
     path = tmp_path / "long.wav"
     sf.write(path, np.concatenate(long), 16000, subtype="PCM_16")
     common = [f"{RECIPE}/pretrained.py", "--checkpoint", data / "pretrained.pt", "--tokens", data / "tokens.txt"]
@@ -277,5 +273,8 @@ def test_pretrained_chunked_long_file_agrees_with_unchunked(tiny_recipe, tmp_pat
     assert done and done[-1][0] == done[-1][1] and int(done[-1][1]) >= 9, chunked.stderr
     a, b = whole.stdout.split("\n")[1].split(), chunked.stdout.split("\n")[1].split()
     assert len(a) > 300
-    assert _edits(a, b) <= 0.04 * len(a)
+    # Measured: 21 edits between the two in 384 words; each is ~39% from the
+    # reference (the model never saw inputs longer than 15 s, so the one-piece
+    # decoding is no gold standard: the chunked one is slightly closer).
+    assert _edits(a, b) <= 0.08 * len(a)
     assert _edits(ref, b) <= _edits(ref, a) + 0.01 * len(ref)
