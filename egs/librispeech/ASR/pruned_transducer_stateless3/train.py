@@ -40,19 +40,6 @@ from icefall.asr_datamodule import AsrDataModule  # noqa: E402
 from icefall.trainer import Recipe, add_training_arguments, new_parser, run_training  # noqa: E402
 from icefall.utils import AttributeDict, MetricsTracker  # noqa: E402
 
-# Help for model.py's size flags that carry none there.
-_SIZE_HELP = {
-    "feature_dim": "fbank bins of the input",
-    "subsampling_factor": "frame-rate reduction of the encoder",
-    "nhead": "attention heads per Conformer layer",
-    "dim_feedforward": "feed-forward width of a Conformer layer",
-    "num_encoder_layers": "Conformer layers",
-    "cnn_module_kernel": "kernel size of the convolution module",
-    "decoder_dim": "decoder embedding size",
-    "joiner_dim": "joiner hidden size",
-}
-
-
 def get_parser() -> argparse.ArgumentParser:
     from model import add_model_arguments
 
@@ -71,16 +58,15 @@ def get_parser() -> argparse.ArgumentParser:
                    help="chance that a Conformer layer is nearly bypassed in a training step")
     g.add_argument("--model-warm-step", type=int, default=3000, help="batches of model warm-up")
     add_model_arguments(parser)
-    for action in parser._actions:
-        if action.help is None and action.dest in _SIZE_HELP:
-            action.help = _SIZE_HELP[action.dest]
     AsrDataModule.add_arguments(parser)
     return parser
 
 
 def frames_after_subsampling(num_frames: int) -> int:
-    """Encoder output frames for ``num_frames`` fbank frames (Conv2dSubsampling)."""
-    return ((num_frames - 7) // 2 + 1) // 2
+    """Encoder output frames for ``num_frames`` fbank frames (the model's own rule)."""
+    from model import frames_after_subsampling as model_rule
+
+    return model_rule(num_frames)
 
 
 def build_model(params: AttributeDict):
