@@ -67,7 +67,8 @@ work_dir=$(cd "$work_dir" && pwd)
 
 common=(--world-size 1 --bpe-model "$lang_dir/bpe.model" --manifest-dir "$fbank"
   --max-duration "$max_duration" --num-workers 0 --enable-spec-aug False --num-epochs 100
-  --save-every-n "$save_every_n" --keep-last-k 0 --log-interval 10 --tensorboard False)
+  --save-every-n "$save_every_n" --keep-last-k 0 --log-interval 10 --tensorboard False
+  --average-period 10)  # run.sh's value; zipformer's default (200) leaves short runs no window
 cd "$recipe_dir"
 # shellcheck disable=SC2086
 $python zipformer/train.py "${common[@]}" --exp-dir "$work_dir/zipformer" $zipformer_flags \
@@ -80,6 +81,10 @@ ppid=$!
 echo "$(date +%T) training zipformer (pid $zpid) and pts3 (pid $ppid) for $minutes min; logs in $work_dir"
 start=$(date +%s)
 sleep $((minutes * 60))
+# CPU seconds each got (equal to each other unless one crashed; less than the
+# wall-clock time when other jobs share the cores).
+declare -A cpu=([zipformer]=$(ps -o times= -p "$zpid" || echo 0)
+  [pruned_transducer_stateless3]=$(ps -o times= -p "$ppid" || echo 0))
 kill -TERM "$zpid" "$ppid" 2>/dev/null || true
 wait "$zpid" || true
 wait "$ppid" || true
@@ -97,11 +102,14 @@ report() {
   b=$(last_batch "$work_dir/$name")
   avg=$(( b / 3 / save_every_n ))
   [ "$avg" -ge 1 ] || avg=1
+  [ "$b" -gt "$save_every_n" ] || { echo "$name: only $b updates; no window to average" >&2; avg=0; }
   line=$(grep 'batch size' "$work_dir/$name.log" | tail -n 1 | sed 's/.*; lr [^;]*; //')
-  echo "$name: $b updates in $elapsed s ($(awk "BEGIN {printf \"%.2f\", $elapsed / $b}") s per update);" \
+  echo "$name: $b updates in $elapsed s ($(awk "BEGIN {printf \"%.2f\", $elapsed / $b}") s per update)," \
+    "${cpu[$name]} CPU s ($(awk "BEGIN {printf \"%.2f\", ${cpu[$name]} / $b}") CPU s per update);" \
     "last log line: $line"
   for setting in "1 False 1" "$avg True 1" "$avg True 3"; do
     set -- $setting
+    [ "$1" -ge 1 ] || continue
     $python "$root/benchmarks/greedy_wer.py" --recipe-dir "$recipe_dir/$name" \
       --exp-dir "$work_dir/$name" --iter "$b" --avg "$1" --use-averaged-model "$2" \
       --max-sym-per-frame "$3" --tokens "$lang_dir/tokens.txt" --errs-dir "$work_dir/$name" \
