@@ -83,8 +83,8 @@ start=$(date +%s)
 sleep $((minutes * 60))
 # CPU seconds each got (equal to each other unless one crashed; less than the
 # wall-clock time when other jobs share the cores).
-declare -A cpu=([zipformer]=$(ps -o times= -p "$zpid" || echo 0)
-  [pruned_transducer_stateless3]=$(ps -o times= -p "$ppid" || echo 0))
+declare -A cpu=([zipformer]=$(ps -o times= -p "$zpid" | tr -d " ")
+  [pruned_transducer_stateless3]=$(ps -o times= -p "$ppid" | tr -d " "))
 kill -TERM "$zpid" "$ppid" 2>/dev/null || true
 wait "$zpid" || true
 wait "$ppid" || true
@@ -103,9 +103,9 @@ report() {
   avg=$(( b / 3 / save_every_n ))
   [ "$avg" -ge 1 ] || avg=1
   [ "$b" -gt "$save_every_n" ] || { echo "$name: only $b updates; no window to average" >&2; avg=0; }
-  line=$(grep 'batch size' "$work_dir/$name.log" | tail -n 1 | sed 's/.*; lr [^;]*; //')
+  line=$(grep 'batch size' "$work_dir/$name.log" | tail -n 1 | sed 's/.*; lr [^;]*; //' || true)
   echo "$name: $b updates in $elapsed s ($(awk "BEGIN {printf \"%.2f\", $elapsed / $b}") s per update)," \
-    "${cpu[$name]} CPU s ($(awk "BEGIN {printf \"%.2f\", ${cpu[$name]} / $b}") CPU s per update);" \
+    "${cpu[$name]:-?} CPU s ($(awk "BEGIN {printf \"%.2f\", ${cpu[$name]:-0} / $b}") CPU s per update);" \
     "last log line: $line"
   for setting in "1 False 1" "$avg True 1" "$avg True 3"; do
     set -- $setting
