@@ -10,8 +10,9 @@ batches with lhotse's ``DynamicBucketingSampler`` and collates them with
 
 Corpora and their cut files (``--dataset auto`` picks the one present):
 
-- ``synth``: ``synth_cuts_{train,dev,test}.jsonl.gz``;
-  train / valid / test sets = train / dev / {"test"}.
+- ``synth``: ``synth_cuts_{train,dev,test,heldout}.jsonl.gz``;
+  train / valid / test sets = train / dev / {"test", "heldout"} (heldout only
+  when its cut file exists).
 - ``librispeech``: ``librispeech_cuts_{train-clean-100,train-clean-360,
   train-other-500,dev-clean,dev-other,test-clean,test-other}.jsonl.gz``;
   train = train-clean-100 (+ 360 + 500 with ``--full-libri``), valid =
@@ -37,6 +38,8 @@ CORPORA = {
         "train_full": ["train"],
         "valid": ["dev"],
         "test": ["test"],
+        # decoded too when its cut file exists (prepare.sh --heldout none has none)
+        "optional_test": ["heldout"],
     },
     "librispeech": {
         "train": ["train-clean-100"],
@@ -203,7 +206,9 @@ class AsrDataModule:
 
     def test_sets(self) -> Dict[str, Any]:
         """``{name: CutSet}`` of the test sets (see the module doc)."""
-        return {p: self.load_cuts(p) for p in CORPORA[self.dataset]["test"]}
+        corpus = CORPORA[self.dataset]
+        parts = corpus["test"] + [p for p in corpus.get("optional_test", []) if self.cuts_path(p).is_file()]
+        return {p: self.load_cuts(p) for p in parts}
 
     # -------------------------------------------------------- dataloaders
 

@@ -330,7 +330,7 @@ class Trainer:
                     self.save(p.exp_dir / f"checkpoint-{p.batch_idx_train}.pt", train_dl.sampler)
                     remove_checkpoints(p.exp_dir, p.keep_last_k, rank=self.rank)
                 if p.batch_idx_train % p.log_interval == 0:
-                    self._log_batch(info, tot, batch_size, start, start_idx)
+                    self._log_batch(info, tot, batch_size, start, start_idx, audio_seconds)
             if self._stop_agreed():
                 filename = p.exp_dir / f"checkpoint-{p.batch_idx_train}.pt"
                 self.save(filename, train_dl.sampler)
@@ -356,7 +356,8 @@ class Trainer:
         self._track_best("train", tot)
         return True
 
-    def _log_batch(self, info, tot, batch_size: int, start: float, start_idx: int) -> None:
+    def _log_batch(self, info, tot, batch_size: int, start: float, start_idx: int, audio_seconds: float) -> None:
+        """``audio_seconds``: audio this process trained on since ``start``."""
         p = self.params
         lr = max(self.scheduler.get_last_lr())
         per_epoch = p.batches_per_epoch or 0
@@ -373,7 +374,9 @@ class Trainer:
             eta = f"; ETA epoch {_hms(left_epoch * per_batch)}, run {_hms(left_run * per_batch)}"
         logging.info(
             f"Epoch {p.cur_epoch}, batch {progress} (global {p.batch_idx_train}), "
-            f"batch size {batch_size}, loss per frame: {_fmt(info)}; running {_fmt(tot)}; lr {lr:.3e}{eta}"
+            f"batch size {batch_size}, loss per frame: {_fmt(info)}; running {_fmt(tot)}; lr {lr:.3e}; "
+            f"{per_batch:.2f} s per batch, {audio_seconds / max(time.time() - start, 1e-9):.1f} s of audio "
+            f"per second{eta}"
         )
         if self.tb is not None:
             info.write_summary(self.tb, "train/current_", p.batch_idx_train)

@@ -72,6 +72,14 @@ def test_flags_and_defaults(fbank_dir):
     assert len(dm.valid_cuts().to_eager()) == 4
 
 
+def test_heldout_decoded_when_present(tmp_path, fbank_dir):
+    for name in ("synth_cuts_test.jsonl.gz", "synth_cuts_dev.jsonl.gz"):
+        shutil.copy(fbank_dir / name, tmp_path / name)
+    assert set(AsrDataModule(make_args(tmp_path)).test_sets()) == {"test"}
+    shutil.copy(fbank_dir / "synth_cuts_test.jsonl.gz", tmp_path / "synth_cuts_heldout.jsonl.gz")
+    assert set(AsrDataModule(make_args(tmp_path)).test_sets()) == {"test", "heldout"}
+
+
 def test_auto_dataset_errors(tmp_path, fbank_dir):
     with pytest.raises(FileNotFoundError, match="--manifest-dir"):
         AsrDataModule(make_args(tmp_path))
