@@ -34,6 +34,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import torch
 from torch import Tensor, nn
 
+from icefall.fsutil import pid_alive
+
 PathLike = Union[str, Path]
 OPSET = 17
 
@@ -175,18 +177,8 @@ def remove_abandoned_work_dirs(out_dir: Path, work_prefix: str = WORK_PREFIX) ->
     (their process is gone)."""
     for d in out_dir.glob(f"{work_prefix}*"):
         pid = d.name[len(work_prefix):].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
 
 
 def example_features(num_features: int, lens: Sequence[int]) -> Tuple[Tensor, Tensor]:
