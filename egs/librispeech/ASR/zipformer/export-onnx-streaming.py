@@ -53,12 +53,12 @@ from icefall.checkpoint import CheckpointError, add_checkpoint_arguments  # noqa
 from icefall.onnx_export import (OPSET, add_metadata, check_close,  # noqa: E402
                                  export_decoder_and_joiner, export_graph, new_export_id,
                                  quantize_int8, run_onnx, write_export)
-from icefall.tokens import TokenFileError, read_tokens  # noqa: E402
+from icefall.tokens import TokenFileError  # noqa: E402
 from icefall.utils import str2bool  # noqa: E402
 from icefall.onnx_decode import subsampling_metadata  # noqa: E402
 from model import add_model_arguments, frames_after_subsampling  # noqa: E402
 from scaling import SwooshL  # noqa: E402
-from streaming_decode import import_export_onnx, load_model, set_streaming, single_int  # noqa: E402
+from streaming_decode import import_export_onnx, load_streaming_model  # noqa: E402
 
 PAD_FRAMES = 7 + 2 * 3  # look-ahead of the subsampling (Conv2d + ConvNeXt)
 STATE_NAMES = ("cached_key", "cached_nonlin_attn", "cached_val1", "cached_val2",
@@ -221,11 +221,7 @@ def main(argv: Optional[list] = None) -> int:
     args = get_parser().parse_args(argv)
     apply_num_threads()
     try:
-        chunk = single_int("--chunk-size", args.chunk_size)
-        left = single_int("--left-context-frames", args.left_context_frames)
-        tokens = read_tokens(args.tokens)
-        model = load_model(args, tokens)
-        set_streaming(model, chunk, left)
+        model = load_streaming_model(args)[0]
         out_dir = args.output_dir or args.exp_dir
         paths = export_streaming_onnx(model, out_dir, opset=args.opset, int8=args.int8,
                                       tokens=args.tokens, verbose=args.verbose)

@@ -136,6 +136,19 @@ def set_streaming(model: torch.nn.Module, chunk_size: int, left_context_frames: 
     model.encoder.left_context_frames = (left_context_frames,)
 
 
+def load_streaming_model(args) -> Tuple[torch.nn.Module, SymbolTable, int, int]:
+    """(model, tokens, chunk size, left context): the one --chunk-size and
+    --left-context-frames given (50 Hz frames), --tokens, and the model
+    :func:`load_model` selects, set to stream with them. User mistakes raise
+    ValueError, CheckpointError, TokenFileError or FileNotFoundError."""
+    chunk = single_int("--chunk-size", args.chunk_size)
+    left = single_int("--left-context-frames", args.left_context_frames)
+    tokens = read_tokens(args.tokens)
+    model = load_model(args, tokens)
+    set_streaming(model, chunk, left)
+    return model, tokens, chunk, left
+
+
 def cut_features(cuts) -> Iterator[Tuple[str, torch.Tensor]]:
     """(cut id, fbank [T, 80]) of each cut: its precomputed features, else from its audio."""
     from icefall.features import compute_fbank
@@ -172,11 +185,7 @@ def main(argv: Optional[list] = None) -> int:
     args = get_parser().parse_args(argv)
     apply_num_threads()
     try:
-        chunk = single_int("--chunk-size", args.chunk_size)
-        left = single_int("--left-context-frames", args.left_context_frames)
-        tokens = read_tokens(args.tokens)
-        model = load_model(args, tokens)
-        set_streaming(model, chunk, left)
+        model, tokens, chunk, left = load_streaming_model(args)
         data = AsrDataModule(args)
         test_sets = data.test_sets()
     except (CheckpointError, TokenFileError, ValueError, FileNotFoundError) as e:
