@@ -36,7 +36,7 @@ from icefall.threads import apply_num_threads, set_thread_env  # noqa: E402
 set_thread_env()  # before torch is imported
 
 from icefall.cli import check_inputs_exist, make_parser, run_main  # noqa: E402
-from icefall.transcribe import add_transcribe_arguments, print_results, transcribe_files  # noqa: E402
+from icefall.transcribe import add_transcribe_arguments, transcribe_and_print  # noqa: E402
 from model import add_model_arguments, frames_after_subsampling, load_model  # noqa: E402
 
 
@@ -52,7 +52,6 @@ def get_parser():
     parser.add_argument("--max-sym-per-frame", type=int, default=1, help="greedy_search only")
     parser.add_argument("--device", type=str, default=None, help="cpu or cuda (None: cuda if available)")
     add_transcribe_arguments(parser)
-    parser.add_argument("sound_files", type=Path, nargs="+", help="audio files (wav, flac, ...), any sample rate")
     add_model_arguments(parser)
     return parser
 
@@ -83,9 +82,7 @@ def run(argv: Optional[List[str]] = None) -> int:
 
     backend = TorchBackend(model, frames_after_subsampling, args.method, args.beam_size,
                            args.max_sym_per_frame, device)
-    results = transcribe_files(backend, args.sound_files, args.max_duration,
-                               args.chunk_duration, args.chunk_context)
-    return print_results(results, tokens.decode)
+    return transcribe_and_print(backend, args, tokens.decode)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

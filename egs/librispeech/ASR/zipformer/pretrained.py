@@ -55,7 +55,6 @@ def get_parser():
     parser.add_argument("--max-sym-per-frame", type=int, default=1, help="greedy_search only")
     parser.add_argument("--device", type=str, default=None, help="cpu or cuda (None: cuda if available)")
     add_transcribe_arguments(parser)
-    parser.add_argument("sound_files", type=Path, nargs="+", help="audio files (wav, flac, ...), any sample rate")
     add_model_arguments(parser)
     return parser
 
@@ -73,7 +72,7 @@ def run(argv: Optional[List[str]] = None) -> int:
     from icefall.model_loading import load_model
     from icefall.tokens import read_tokens
     from icefall.torch_backend import TorchBackend
-    from icefall.transcribe import print_results, transcribe_files
+    from icefall.transcribe import transcribe_and_print
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tokens = read_tokens(args.tokens)
@@ -86,9 +85,7 @@ def run(argv: Optional[List[str]] = None) -> int:
 
     backend = TorchBackend(model, recipe_model.frames_after_subsampling, args.method,
                            args.beam_size, args.max_sym_per_frame, device)
-    results = transcribe_files(backend, args.sound_files, args.max_duration,
-                               args.chunk_duration, args.chunk_context)
-    return print_results(results, tokens.decode)
+    return transcribe_and_print(backend, args, tokens.decode)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
