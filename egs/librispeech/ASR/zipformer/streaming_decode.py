@@ -49,6 +49,7 @@ import torch  # noqa: E402
 
 from icefall.asr_datamodule import AsrDataModule  # noqa: E402
 from icefall.checkpoint import CheckpointError, add_checkpoint_arguments  # noqa: E402
+from icefall.cli import device_from_flag  # noqa: E402
 from icefall.streaming_decoder import StreamingDecoder, StreamingStats, decode_streams  # noqa: E402
 from icefall.streaming_search import SEARCH_METHODS  # noqa: E402
 from icefall.tokens import SymbolTable, TokenFileError, read_tokens  # noqa: E402
@@ -203,7 +204,7 @@ def main(argv: Optional[list] = None) -> int:
     res_dir = args.exp_dir / "streaming" / args.decoding_method
     res_dir.mkdir(parents=True, exist_ok=True)
     setup_logger(res_dir / f"log-decode-{suffix}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = device_from_flag(args.device)
     model.to(device)
     logging.info(f"Streaming decoding with {args.decoding_method} on {device}, chunk {chunk} "
                  f"(= {2 * chunk * 10} ms), left context {left} frames; {vars(args)}")
