@@ -28,3 +28,8 @@ def describe_non_file(path: PathLike) -> str:
         if test(mode):
             return name
     return "not a regular file"
+
+
+def megabytes(path: PathLike) -> float:
+    """The size of file `path` in MiB (2**20 bytes)."""
+    return os.stat(path).st_size / 2**20

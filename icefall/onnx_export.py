@@ -29,12 +29,12 @@ import uuid
 import warnings
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from icefall.fsutil import pid_alive
+from icefall.fsutil import megabytes, pid_alive
 
 PathLike = Union[str, Path]
 OPSET = 17
@@ -131,6 +131,22 @@ def quantize_int8(src: PathLike, dst: PathLike, verbose: bool = False) -> None:
         quantize_dynamic(model_input=str(src), model_output=str(dst),
                          op_types_to_quantize=["MatMul"], weight_type=QuantType.QUInt8)
     onnx.checker.check_model(onnx.load(str(dst)))
+
+
+def add_int8_versions(paths: Dict[str, Path], verbose: bool = False) -> None:
+    """For each ``name: <dir>/<stem>.onnx`` in `paths` (in order), write
+    ``<dir>/<stem>.int8.onnx`` with :func:`quantize_int8` and add it to
+    `paths` as ``name.int8``."""
+    for name in list(paths):
+        src = paths[name]
+        paths[f"{name}.int8"] = src.with_name(f"{src.stem}.int8.onnx")
+        quantize_int8(src, paths[f"{name}.int8"], verbose)
+
+
+def log_written(paths: Iterable[Path]) -> None:
+    """Log ``wrote <path>: <size> MB`` for each file of an export."""
+    for path in paths:
+        logging.info(f"wrote {path}: {megabytes(path):.1f} MB")
 
 
 def new_export_id() -> str:

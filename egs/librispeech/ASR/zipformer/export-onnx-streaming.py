@@ -52,7 +52,7 @@ from torch import Tensor, nn  # noqa: E402
 from icefall.checkpoint import CheckpointError, add_checkpoint_arguments  # noqa: E402
 from icefall.onnx_export import (OPSET, add_metadata, check_close,  # noqa: E402
                                  export_decoder_and_joiner, export_graph, new_export_id,
-                                 quantize_int8, run_onnx, write_export)
+                                 add_int8_versions, log_written, run_onnx, write_export)
 from icefall.tokens import TokenFileError  # noqa: E402
 from icefall.utils import str2bool  # noqa: E402
 from icefall.onnx_decode import subsampling_metadata  # noqa: E402
@@ -208,9 +208,7 @@ def export_streaming_onnx(model: nn.Module, out_dir: Path, opset: int = OPSET, i
         export_decoder_and_joiner(for_onnx(model), paths["decoder"], paths["joiner"], opset,
                                   reference=model, metadata=same)
         if int8:
-            for name in ("encoder", "decoder", "joiner"):
-                paths[f"{name}.int8"] = work / f"{name}-{suffix}.int8.onnx"
-                quantize_int8(paths[name], paths[f"{name}.int8"], verbose)
+            add_int8_versions(paths, verbose)
         return paths
 
     return write_export(out_dir, write, tokens=tokens, work_prefix=WORK_PREFIX)
@@ -228,8 +226,7 @@ def main(argv: Optional[list] = None) -> int:
     except (CheckpointError, TokenFileError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for path in paths.values():
-        logging.info(f"wrote {path}: {path.stat().st_size / 2**20:.1f} MB")
+    log_written(paths.values())
     return 0
 
 
