@@ -8,8 +8,6 @@ with :func:`scipy.signal.resample_poly`. Every failure is an
 """
 
 import logging
-import os
-import stat
 from math import gcd
 from pathlib import Path
 from typing import Union
@@ -17,6 +15,7 @@ from typing import Union
 import numpy as np
 
 from icefall.cli import UserError
+from icefall.fsutil import describe_non_file
 
 PathLike = Union[str, Path]
 
@@ -59,7 +58,7 @@ def read_audio(path: PathLike, sample_rate: int = 16000) -> np.ndarray:
     if not path.exists():
         raise AudioFileError(f"{path}: audio file not found")
     if not path.is_file():  # never open a FIFO or a device: it may block or never end
-        raise AudioFileError(f"{path}: is {_what_it_is(path)}, not an audio file")
+        raise AudioFileError(f"{path}: is {describe_non_file(path)}, not an audio file")
     if path.stat().st_size == 0:
         raise AudioFileError(f"{path}: audio file is empty (0 bytes)")
     try:
@@ -77,16 +76,6 @@ def read_audio(path: PathLike, sample_rate: int = 16000) -> np.ndarray:
         logging.info(f"{path}: resampling from {rate} Hz to {sample_rate} Hz")
         samples = resample(samples, rate, sample_rate)
     return np.ascontiguousarray(samples, dtype=np.float32)
-
-
-def _what_it_is(path: Path) -> str:
-    mode = os.stat(path).st_mode
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "not a regular file"
 
 
 def check_samples(samples: np.ndarray, path: PathLike, sample_rate: int = 16000, block: int = 1 << 20) -> None:

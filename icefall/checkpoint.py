@@ -23,7 +23,6 @@ import os
 import pickle
 import re
 import shutil
-import stat
 import tempfile
 import zipfile
 import zlib
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 
 from icefall.cli import UserError
+from icefall.fsutil import describe_non_file, pid_alive
 
 PathLike = Union[str, Path]
 
@@ -61,16 +61,6 @@ def _umask() -> int:
 _TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[a-z0-9_]{8}\.tmp$")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
-
-
 def remove_stale_temp_files(folder: PathLike) -> List[Path]:
     """Delete the temporary files that a killed save left in ``folder``:
     only names of our own pattern, and only of processes no longer running
@@ -78,7 +68,7 @@ def remove_stale_temp_files(folder: PathLike) -> List[Path]:
     removed = []
     for p in Path(folder).glob(".*.tmp"):
         m = _TMP_NAME.match(p.name)
-        if m and int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"])):
+        if m and int(m["pid"]) != os.getpid() and not pid_alive(int(m["pid"])):
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
@@ -249,17 +239,6 @@ def load_file(filename: PathLike, map_location: Union[str, torch.device] = "cpu"
     if not isinstance(obj, dict) or "model" not in obj:
         raise CheckpointError(f"{path}: has no 'model' entry; is it a checkpoint of this toolkit?")
     return obj
-
-
-def describe_non_file(path: PathLike) -> str:
-    """'a directory', 'a named pipe (FIFO)', ... for a path that exists but is no regular file."""
-    mode = os.stat(path).st_mode
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "not a regular file"
 
 
 def read_config(filename: PathLike) -> Optional[Dict[str, Any]]:

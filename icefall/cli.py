@@ -74,3 +74,15 @@ def check_inputs_exist(script: PathLike, paths: Dict[str, Optional[PathLike]]) -
                 msg += (f" (relative to {Path.cwd()}); run the recipe's commands from {recipe_root}, "
                         f"or give {flag} explicitly")
         raise UserError(msg)
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device`` (default None: cuda if available); see :func:`device_from_flag`."""
+    parser.add_argument("--device", type=str, default=None, help="cpu or cuda (None: cuda if available)")
+
+
+def device_from_flag(device: Optional[str]):
+    """The torch.device --device names; None: cuda if available, else cpu."""
+    import torch
+
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

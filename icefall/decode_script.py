@@ -36,6 +36,7 @@ def add_decode_arguments(parser, exp_dir: str, methods: Sequence[str]) -> None:
     the token flags, --decoding-method (one of `methods`), --beam-size,
     --max-sym-per-frame and --device."""
     from icefall.checkpoint import add_checkpoint_arguments
+    from icefall.cli import add_device_argument
 
     add_checkpoint_arguments(parser)
     parser.add_argument("--exp-dir", type=Path, default=Path(exp_dir),
@@ -49,7 +50,7 @@ def add_decode_arguments(parser, exp_dir: str, methods: Sequence[str]) -> None:
     parser.add_argument("--beam-size", type=int, default=4,
                         help="beam searches only (transducer and CTC prefix beam search)")
     parser.add_argument("--max-sym-per-frame", type=int, default=1, help="greedy_search only")
-    parser.add_argument("--device", type=str, default=None, help="cpu or cuda (None: cuda if available)")
+    add_device_argument(parser)
 
 
 def token_flag(args) -> Dict[str, Path]:
@@ -151,14 +152,12 @@ def decode_main(args, model_module: ModuleType, script: PathLike,
         loaded model (e.g. to set a causal model's chunk size from the flags);
         what it returns is appended to the result files' suffix.
     """
-    from icefall.cli import check_inputs_exist
+    from icefall.cli import check_inputs_exist, device_from_flag
     from icefall.threads import apply_num_threads
 
     apply_num_threads()
     check_inputs_exist(script, {"--exp-dir": args.exp_dir, **token_flag(args),
                                 "--manifest-dir": args.manifest_dir})
-
-    import torch
 
     from icefall.asr_datamodule import AsrDataModule
     from icefall.decoding import check_method
@@ -170,7 +169,7 @@ def decode_main(args, model_module: ModuleType, script: PathLike,
     res_dir = args.exp_dir / args.decoding_method
     res_dir.mkdir(parents=True, exist_ok=True)
     setup_logger(res_dir / f"log-decode-{suffix}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = device_from_flag(args.device)
     logging.info(f"Decoding with {args.decoding_method} on {device}; {vars(args)}")
 
     tokens, tokens_path = load_token_table(args)

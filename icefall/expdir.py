@@ -9,6 +9,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import List, Optional
 
+from icefall.fsutil import pid_alive
+
 
 class ExpDirInUse(RuntimeError):
     """Another live training holds the folder's lock."""
@@ -32,7 +34,7 @@ class ExpDirLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 pid = _read_pid(self.path)
-                if pid is not None and pid != os.getpid() and _alive(pid):
+                if pid is not None and pid != os.getpid() and pid_alive(pid):
                     raise ExpDirInUse(
                         f"--exp-dir {self.path.parent}: another training (pid {pid}) is using it; "
                         f"wait for it, stop it, or choose another --exp-dir"
@@ -67,16 +69,6 @@ def _read_pid(path: Path) -> Optional[int]:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def move_abandoned(exp_dir: Path, batch_idx_train: int, epoch: int) -> List[Path]:

@@ -110,9 +110,7 @@ def export_pretrained(model_module: ModuleType, args, tokens: SymbolTable, token
     ``weights_only=True`` and rebuilds the model without flags. Returns the model.
     """
     from icefall.checkpoint import atomic_save
-
-    def megabytes(path: Path) -> float:
-        return path.stat().st_size / 2**20
+    from icefall.fsutil import megabytes
 
     selection = None if getattr(args, "checkpoint", None) else select_checkpoints_from_args(args)
     for f in (selection.files if selection else []):

@@ -53,13 +53,9 @@ def compute_fbank_knf(waveforms: Sequence[np.ndarray]) -> List[np.ndarray]:
     """
     import kaldi_native_fbank as knf
 
-    opts = knf.FbankOptions()
-    opts.frame_opts.samp_freq = SAMPLE_RATE
-    opts.frame_opts.dither = 0.0
-    opts.frame_opts.snip_edges = False
-    opts.mel_opts.num_bins = NUM_MEL_BINS
-    opts.mel_opts.low_freq = 20.0
-    opts.mel_opts.high_freq = -400.0
+    from icefall.streaming_features import knf_fbank_options
+
+    opts = knf_fbank_options()
     out = []
     for w in waveforms:
         fbank = knf.OnlineFbank(opts)

@@ -29,10 +29,12 @@ import uuid
 import warnings
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+
+from icefall.fsutil import megabytes, pid_alive
 
 PathLike = Union[str, Path]
 OPSET = 17
@@ -131,6 +133,22 @@ def quantize_int8(src: PathLike, dst: PathLike, verbose: bool = False) -> None:
     onnx.checker.check_model(onnx.load(str(dst)))
 
 
+def add_int8_versions(paths: Dict[str, Path], verbose: bool = False) -> None:
+    """For each ``name: <dir>/<stem>.onnx`` in `paths` (in order), write
+    ``<dir>/<stem>.int8.onnx`` with :func:`quantize_int8` and add it to
+    `paths` as ``name.int8``."""
+    for name in list(paths):
+        src = paths[name]
+        paths[f"{name}.int8"] = src.with_name(f"{src.stem}.int8.onnx")
+        quantize_int8(src, paths[f"{name}.int8"], verbose)
+
+
+def log_written(paths: Iterable[Path]) -> None:
+    """Log ``wrote <path>: <size> MB`` for each file of an export."""
+    for path in paths:
+        logging.info(f"wrote {path}: {megabytes(path):.1f} MB")
+
+
 def new_export_id() -> str:
     """A random id (32 hex digits) for the metadata of every file of one export."""
     return uuid.uuid4().hex
@@ -175,18 +193,8 @@ def remove_abandoned_work_dirs(out_dir: Path, work_prefix: str = WORK_PREFIX) ->
     (their process is gone)."""
     for d in out_dir.glob(f"{work_prefix}*"):
         pid = d.name[len(work_prefix):].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
 
 
 def example_features(num_features: int, lens: Sequence[int]) -> Tuple[Tensor, Tensor]:

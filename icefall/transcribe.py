@@ -241,7 +241,8 @@ def print_results(results: Iterator[Result], decode: Callable[[List[int]], str])
 
 
 def add_transcribe_arguments(parser) -> None:
-    """``--max-duration``, ``--chunk-duration`` and ``--chunk-context``."""
+    """``--max-duration``, ``--chunk-duration``, ``--chunk-context`` and the
+    positional ``sound_files`` (used by :func:`transcribe_and_print`)."""
     parser.add_argument("--max-duration", type=float, default=200.0,
                         help="seconds of (padded) audio decoded in one batch of short files")
     parser.add_argument("--chunk-duration", type=float, default=30.0,
@@ -249,6 +250,16 @@ def add_transcribe_arguments(parser) -> None:
                         "this long, so that memory does not grow with the file's length")
     parser.add_argument("--chunk-context", type=float, default=4.0,
                         help="seconds of audio encoded on each side of a chunk (not kept)")
+    parser.add_argument("sound_files", type=Path, nargs="+", help="audio files (wav, flac, ...), any sample rate")
+
+
+def transcribe_and_print(backend: Backend, args, decode: Callable[[List[int]], str]) -> int:
+    """Decode ``args.sound_files`` with the flags of :func:`add_transcribe_arguments`
+    (:func:`transcribe_files`) and print them (:func:`print_results`); returns
+    the exit code, 0 or 1 (some file could not be decoded)."""
+    results = transcribe_files(backend, args.sound_files, args.max_duration,
+                               args.chunk_duration, args.chunk_context)
+    return print_results(results, decode)
 
 
 def drop_short_cuts(cuts, frames_after_subsampling: Callable[[int], int], name: str = "") -> Tuple[Any, int]:

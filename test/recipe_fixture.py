@@ -4,13 +4,16 @@ The whole ``egs/`` tree is copied (``cp -r`` semantics, symlinks kept), so the
 tests also check that a copied recipe runs without edits.
 """
 
+import importlib
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from types import SimpleNamespace
+from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
 VOCAB = 100
@@ -110,3 +113,43 @@ def zipformer_train_args(recipe: TinyRecipe, exp_dir: str, *extra: str) -> List[
             "--max-duration", "40", "--num-buckets", "2", "--num-workers", "0", "--warm-step", "1",
             "--use-ctc", "1", "--base-lr", "0.3", "--lr-batches", "50", "--lr-epochs", "2",
             "--tensorboard", "False", *TINY_ZIPFORMER, *extra]
+
+
+def import_recipe(recipe: Path, modules: Sequence[str],
+                  scripts: Optional[Dict[str, str]] = None) -> SimpleNamespace:
+    """A recipe's `modules` (and its `scripts`, {attribute: file name}, whose
+    names `import` cannot take), imported without clashing with another
+    recipe's modules of the same names (model, scaling, ...): sys.modules is
+    restored afterwards."""
+    saved = {n: sys.modules.pop(n) for n in modules if n in sys.modules}
+    sys.path.insert(0, str(recipe))
+    try:
+        mods = {n: importlib.import_module(n) for n in modules}
+        for name, file in (scripts or {}).items():
+            spec = importlib.util.spec_from_file_location(f"{recipe.name}_{name}", recipe / file)
+            mods[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mods[name])
+        return SimpleNamespace(**mods)
+    finally:
+        sys.path.remove(str(recipe))
+        for n in modules:
+            sys.modules.pop(n, None)
+        sys.modules.update(saved)
+
+
+def add_too_short_test_cut(workdir: Path) -> Tuple[str, int]:
+    """Copy of data/fbank (links) as data/fbank_short whose test manifest has
+    one more cut, "too-short" (50 ms, too short for the subsampling).
+    Returns ("data/fbank_short", the number of the other test cuts)."""
+    from lhotse import CutSet
+
+    fbank = workdir / "data/fbank"
+    short_dir = workdir / "data/fbank_short"
+    short_dir.mkdir(exist_ok=True)
+    for f in fbank.iterdir():
+        if not (short_dir / f.name).exists() and "cuts_test" not in f.name:
+            (short_dir / f.name).symlink_to(f)
+    cuts = list(CutSet.from_file(fbank / "synth_cuts_test.jsonl.gz"))
+    tiny = cuts[0].truncate(duration=0.05).with_id("too-short")
+    CutSet.from_cuts(cuts + [tiny]).to_file(short_dir / "synth_cuts_test.jsonl.gz")
+    return "data/fbank_short", len(cuts)

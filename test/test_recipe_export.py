@@ -9,7 +9,7 @@ import torch
 from icefall.audio import read_audio
 from icefall.checkpoint import select_checkpoints
 from icefall.tokens import read_tokens
-from recipe_fixture import NUM_EPOCHS
+from recipe_fixture import NUM_EPOCHS, add_too_short_test_cut
 
 RECIPE = "pruned_transducer_stateless3"
 
@@ -217,23 +217,13 @@ def test_pretrained_user_errors_are_one_line(tiny_recipe, tmp_path):
 
 
 def test_decode_drops_cuts_too_short_for_the_subsampling(tiny_recipe):
-    from lhotse import CutSet
-
     r = tiny_recipe
-    fbank = r.workdir / "data/fbank"
-    short_dir = r.workdir / "data/fbank_short"
-    short_dir.mkdir(exist_ok=True)
-    for f in fbank.iterdir():
-        if not (short_dir / f.name).exists() and "cuts_test" not in f.name:
-            (short_dir / f.name).symlink_to(f)
-    cuts = list(CutSet.from_file(fbank / "synth_cuts_test.jsonl.gz"))
-    tiny = cuts[0].truncate(duration=0.05).with_id("too-short")
-    CutSet.from_cuts(cuts + [tiny]).to_file(short_dir / "synth_cuts_test.jsonl.gz")
+    manifest_dir, num_cuts = add_too_short_test_cut(r.workdir)
     proc = r.run([f"{RECIPE}/decode.py", "--epoch", NUM_EPOCHS, "--avg", 1, "--use-averaged-model", "False",
-                  "--exp-dir", r.exp_dir, "--lang-dir", r.lang_dir, "--manifest-dir", "data/fbank_short",
+                  "--exp-dir", r.exp_dir, "--lang-dir", r.lang_dir, "--manifest-dir", manifest_dir,
                   "--max-duration", "100", "--num-workers", "0"])
     assert "dropped 1 cut(s) too short" in proc.stderr and "too-short" in proc.stderr
-    assert f"over {len(cuts)} utterances" in proc.stderr
+    assert f"over {num_cuts} utterances" in proc.stderr
 
 
 def _edits(a, b) -> int:

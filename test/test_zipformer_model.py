@@ -10,12 +10,10 @@ References (test/data, made by icefall's own code at commit 36e0420c):
 
 import argparse
 import gzip
-import importlib
 import json
 import random
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,26 +25,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from icefall.beam_search import greedy_search_batch  # noqa: E402
+from recipe_fixture import import_recipe  # noqa: E402
 
 RECIPE_MODULES = ("scaling_schedule", "scaling_grad", "scaling", "subsampling", "zipformer",
                   "decoder", "joiner", "model")
 
 
-def import_recipe() -> SimpleNamespace:
-    """The zipformer recipe's modules, imported without clashing with the
-    pts3 recipe's modules of the same names (model, scaling, ...)."""
-    saved = {n: sys.modules.pop(n) for n in RECIPE_MODULES if n in sys.modules}
-    sys.path.insert(0, str(RECIPE))
-    try:
-        return SimpleNamespace(**{n: importlib.import_module(n) for n in RECIPE_MODULES})
-    finally:
-        sys.path.remove(str(RECIPE))
-        for n in RECIPE_MODULES:
-            sys.modules.pop(n, None)
-        sys.modules.update(saved)
-
-
-R = import_recipe()
+R = import_recipe(RECIPE, RECIPE_MODULES)  # beside the pts3 recipe's model, scaling, ...
 
 
 def config_for(argv, vocab_size: int, blank_id: int = 0) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recipe_fixture import prepare_tiny_recipe, zipformer_train_args
+from recipe_fixture import add_too_short_test_cut, prepare_tiny_recipe, zipformer_train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "test" / "data" / "icefall_zipformer_small.pt"
@@ -137,22 +137,12 @@ def test_decode_through_the_symlink_reproduces_the_averaged_checkpoints(zr, meth
 
 
 def test_decode_drops_too_short_cuts_with_a_count(zr):
-    from lhotse import CutSet
-
-    fbank = zr.workdir / "data/fbank"
-    short_dir = zr.workdir / "data/fbank_short"
-    short_dir.mkdir(exist_ok=True)
-    for f in fbank.iterdir():
-        if not (short_dir / f.name).exists() and "cuts_test" not in f.name:
-            (short_dir / f.name).symlink_to(f)
-    cuts = list(CutSet.from_file(fbank / "synth_cuts_test.jsonl.gz"))
-    tiny = cuts[0].truncate(duration=0.05).with_id("too-short")
-    CutSet.from_cuts(cuts + [tiny]).to_file(short_dir / "synth_cuts_test.jsonl.gz")
+    manifest_dir, num_cuts = add_too_short_test_cut(zr.workdir)
     proc = zr.run(["zipformer/decode.py", "--epoch", EPOCHS, "--avg", 1, "--use-averaged-model", "False",
-                   "--exp-dir", "zipformer/exp", "--lang-dir", zr.lang_dir, "--manifest-dir", "data/fbank_short",
+                   "--exp-dir", "zipformer/exp", "--lang-dir", zr.lang_dir, "--manifest-dir", manifest_dir,
                    "--max-duration", "100", "--num-workers", "0", "--decoding-method", "ctc-greedy-search"])
     assert "dropped 1 cut(s) too short" in proc.stderr and "too-short" in proc.stderr
-    assert f"over {len(cuts)} utterances" in proc.stderr
+    assert f"over {num_cuts} utterances" in proc.stderr
 
 
 # ----------------------------------------------------- icefall's own files

@@ -10,7 +10,6 @@ decoded by icefall/beam_search.py, icefall's state shapes, and sherpa-onnx's
 own OnlineRecognizer.
 """
 
-import importlib
 import importlib.util
 import json
 import math
@@ -33,6 +32,7 @@ if str(ROOT) not in sys.path:
 from icefall.beam_search import _decoder_proj, greedy_search_batch, modified_beam_search  # noqa
 from icefall.streaming_decoder import LOG_EPS, StreamingDecoder, decode_streams  # noqa: E402
 from icefall.streaming_features import OnlineFeatures  # noqa: E402
+from recipe_fixture import import_recipe  # noqa: E402
 
 RECIPE_MODULES = ("scaling_schedule", "scaling_grad", "scaling", "subsampling", "zipformer",
                   "decoder", "joiner", "model", "streaming_decode", "streaming_pretrained")
@@ -47,26 +47,7 @@ VOCAB = 50
 CHUNK, LEFT, PAD = 16, 64, 13  # 50 Hz frames; PAD fbank frames of look-ahead
 
 
-def import_recipe() -> SimpleNamespace:
-    """The zipformer recipe's modules (and export-onnx-streaming.py), without
-    clashing with the pts3 recipe's modules of the same names."""
-    saved = {n: sys.modules.pop(n) for n in RECIPE_MODULES if n in sys.modules}
-    sys.path.insert(0, str(RECIPE))
-    try:
-        mods = {n: importlib.import_module(n) for n in RECIPE_MODULES}
-        for name, file in SCRIPTS.items():
-            spec = importlib.util.spec_from_file_location(f"zipformer_{name}", RECIPE / file)
-            mods[name] = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mods[name])
-        return SimpleNamespace(**mods)
-    finally:
-        sys.path.remove(str(RECIPE))
-        for n in RECIPE_MODULES:
-            sys.modules.pop(n, None)
-        sys.modules.update(saved)
-
-
-R = import_recipe()
+R = import_recipe(RECIPE, RECIPE_MODULES, SCRIPTS)  # beside the pts3 recipe's model, scaling, ...
 
 
 def tokens_file(path: Path) -> Path:

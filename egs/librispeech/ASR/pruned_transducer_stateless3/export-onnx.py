@@ -50,7 +50,7 @@ from icefall.cli import check_inputs_exist, make_parser, run_main  # noqa: E402
 from icefall.onnx_decode import subsampling_metadata  # noqa: E402
 from icefall.onnx_export import (OPSET, add_metadata, check_close, example_features,  # noqa: E402
                                  export_decoder_and_joiner, export_graph, new_export_id,
-                                 quantize_int8, run_onnx, write_export)
+                                 add_int8_versions, log_written, run_onnx, write_export)
 from icefall.tokens import read_tokens  # noqa: E402
 from icefall.utils import str2bool  # noqa: E402
 from jit import TraceableEncoder, convert_scaled_to_plain  # noqa: E402
@@ -132,9 +132,7 @@ def _write_onnx_files(model: nn.Module, out_dir: Path, opset: int, int8: bool,
     check_onnx_against_torch(paths, model)
 
     if int8:
-        for name in ("encoder", "decoder", "joiner"):
-            paths[f"{name}.int8"] = out_dir / f"{name}.int8.onnx"
-            quantize_int8(paths[name], paths[f"{name}.int8"], verbose)
+        add_int8_versions(paths, verbose)
     return paths
 
 
@@ -162,8 +160,7 @@ def run(argv: Optional[list] = None) -> int:
     same_tokens = (out_dir / "tokens.txt").resolve() == args.tokens.resolve()
     paths = export_onnx(model, out_dir, opset=args.opset, int8=args.int8,
                         tokens=None if same_tokens else args.tokens, verbose=args.verbose)
-    for path in paths.values():
-        logging.info(f"wrote {path}: {path.stat().st_size / 2**20:.1f} MB")
+    log_written(paths.values())
     return 0
 
 

@@ -29,6 +29,7 @@ set_thread_env()
 import model as recipe_model  # noqa: E402
 from icefall.checkpoint import add_checkpoint_arguments  # noqa: E402
 from icefall.cli import check_inputs_exist, make_parser, run_main  # noqa: E402
+from icefall.fsutil import megabytes  # noqa: E402
 from icefall.model_loading import export_pretrained  # noqa: E402
 from icefall.tokens import read_tokens  # noqa: E402
 from icefall.utils import str2bool  # noqa: E402
@@ -47,10 +48,6 @@ def get_parser():
     return parser
 
 
-def _megabytes(path: Path) -> float:
-    return path.stat().st_size / 2**20
-
-
 def run(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     args = get_parser().parse_args(argv)
@@ -63,7 +60,7 @@ def run(argv: Optional[List[str]] = None) -> int:
 
         jit_path = args.exp_dir / "cpu_jit.pt"
         export_jit(model, jit_path)
-        logging.info(f"wrote {jit_path}: {_megabytes(jit_path):.1f} MB")
+        logging.info(f"wrote {jit_path}: {megabytes(jit_path):.1f} MB")
     return 0
 
 

@@ -37,7 +37,7 @@ set_thread_env()  # OpenMP waiting policy (no torch here: onnxruntime has --num-
 from icefall.cli import UserError, check_inputs_exist, make_parser, run_main  # noqa: E402
 from icefall.onnx_decode import DECODERS, OnnxBackend, OnnxTransducer, skip_ids_for  # noqa: E402
 from icefall.tokens import check_tokens_fit_model, read_tokens  # noqa: E402
-from icefall.transcribe import add_transcribe_arguments, print_results, transcribe_files  # noqa: E402
+from icefall.transcribe import add_transcribe_arguments, transcribe_and_print  # noqa: E402
 
 
 def get_parser():
@@ -50,7 +50,6 @@ def get_parser():
     parser.add_argument("--beam-size", type=int, default=4, help="modified_beam_search only")
     parser.add_argument("--num-threads", type=int, default=1, help="onnxruntime threads per session")
     add_transcribe_arguments(parser)
-    parser.add_argument("sound_files", type=Path, nargs="+", help="audio files (wav, flac, ...), any sample rate")
     return parser
 
 
@@ -74,9 +73,7 @@ def run(argv: Optional[List[str]] = None) -> int:
     logging.info(f"decoding {len(args.sound_files)} file(s) with {args.method}")
 
     backend = OnnxBackend(model, args.method, beam=args.beam_size, skip_ids=skip_ids_for(model, tokens))
-    results = transcribe_files(backend, args.sound_files, args.max_duration,
-                               args.chunk_duration, args.chunk_context)
-    return print_results(results, tokens.decode)
+    return transcribe_and_print(backend, args, tokens.decode)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

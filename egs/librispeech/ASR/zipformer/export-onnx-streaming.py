@@ -52,13 +52,13 @@ from torch import Tensor, nn  # noqa: E402
 from icefall.checkpoint import CheckpointError, add_checkpoint_arguments  # noqa: E402
 from icefall.onnx_export import (OPSET, add_metadata, check_close,  # noqa: E402
                                  export_decoder_and_joiner, export_graph, new_export_id,
-                                 quantize_int8, run_onnx, write_export)
-from icefall.tokens import TokenFileError, read_tokens  # noqa: E402
+                                 add_int8_versions, log_written, run_onnx, write_export)
+from icefall.tokens import TokenFileError  # noqa: E402
 from icefall.utils import str2bool  # noqa: E402
 from icefall.onnx_decode import subsampling_metadata  # noqa: E402
 from model import add_model_arguments, frames_after_subsampling  # noqa: E402
 from scaling import SwooshL  # noqa: E402
-from streaming_decode import import_export_onnx, load_model, set_streaming, single_int  # noqa: E402
+from streaming_decode import import_export_onnx, load_streaming_model  # noqa: E402
 
 PAD_FRAMES = 7 + 2 * 3  # look-ahead of the subsampling (Conv2d + ConvNeXt)
 STATE_NAMES = ("cached_key", "cached_nonlin_attn", "cached_val1", "cached_val2",
@@ -208,9 +208,7 @@ def export_streaming_onnx(model: nn.Module, out_dir: Path, opset: int = OPSET, i
         export_decoder_and_joiner(for_onnx(model), paths["decoder"], paths["joiner"], opset,
                                   reference=model, metadata=same)
         if int8:
-            for name in ("encoder", "decoder", "joiner"):
-                paths[f"{name}.int8"] = work / f"{name}-{suffix}.int8.onnx"
-                quantize_int8(paths[name], paths[f"{name}.int8"], verbose)
+            add_int8_versions(paths, verbose)
         return paths
 
     return write_export(out_dir, write, tokens=tokens, work_prefix=WORK_PREFIX)
@@ -221,19 +219,14 @@ def main(argv: Optional[list] = None) -> int:
     args = get_parser().parse_args(argv)
     apply_num_threads()
     try:
-        chunk = single_int("--chunk-size", args.chunk_size)
-        left = single_int("--left-context-frames", args.left_context_frames)
-        tokens = read_tokens(args.tokens)
-        model = load_model(args, tokens)
-        set_streaming(model, chunk, left)
+        model = load_streaming_model(args)[0]
         out_dir = args.output_dir or args.exp_dir
         paths = export_streaming_onnx(model, out_dir, opset=args.opset, int8=args.int8,
                                       tokens=args.tokens, verbose=args.verbose)
     except (CheckpointError, TokenFileError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for path in paths.values():
-        logging.info(f"wrote {path}: {path.stat().st_size / 2**20:.1f} MB")
+    log_written(paths.values())
     return 0
 
 

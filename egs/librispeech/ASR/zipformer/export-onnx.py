@@ -62,7 +62,7 @@ from icefall.model_loading import load_model as load_recipe_model  # noqa: E402
 from icefall.onnx_decode import subsampling_metadata  # noqa: E402
 from icefall.onnx_export import (OPSET, add_metadata, check_close, example_features,  # noqa: E402
                                  export_decoder_and_joiner, export_graph, new_export_id,
-                                 quantize_int8, run_onnx, write_export)
+                                 add_int8_versions, log_written, run_onnx, write_export)
 from icefall.tokens import read_tokens  # noqa: E402
 from icefall.utils import str2bool  # noqa: E402
 from model import add_model_arguments, frames_after_subsampling  # noqa: E402
@@ -263,9 +263,7 @@ def _write_onnx_files(model: nn.Module, out_dir: Path, opset: int, int8: bool,
                              {"model_type": "zipformer2_ctc", **common,
                               "comment": "non-streaming zipformer2 CTC"}, opset)
     if int8:
-        for name in list(paths):
-            paths[f"{name}.int8"] = out_dir / f"{name}.int8.onnx"
-            quantize_int8(paths[name], paths[f"{name}.int8"], verbose)
+        add_int8_versions(paths, verbose)
     return paths
 
 
@@ -287,8 +285,7 @@ def run(argv: Optional[list] = None) -> int:
     model = load_model(args, tokens)
     paths = export_onnx(model, args.output_dir or args.exp_dir, opset=args.opset,
                         int8=args.int8, tokens=args.tokens, verbose=args.verbose)
-    for path in paths.values():
-        logging.info(f"wrote {path}: {path.stat().st_size / 2**20:.1f} MB")
+    log_written(paths.values())
     return 0
 
 

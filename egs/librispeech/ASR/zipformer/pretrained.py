@@ -38,7 +38,8 @@ from icefall.threads import apply_num_threads, set_thread_env  # noqa: E402
 
 set_thread_env()
 
-from icefall.cli import check_inputs_exist, make_parser, run_main  # noqa: E402
+from icefall.cli import (add_device_argument, check_inputs_exist, device_from_flag,  # noqa: E402
+                         make_parser, run_main)
 
 
 def get_parser():
@@ -53,9 +54,8 @@ def get_parser():
     parser.add_argument("--method", choices=ALL_METHODS, default="greedy_search", help="decoding method")
     parser.add_argument("--beam-size", type=int, default=4, help="beam searches only (transducer and CTC)")
     parser.add_argument("--max-sym-per-frame", type=int, default=1, help="greedy_search only")
-    parser.add_argument("--device", type=str, default=None, help="cpu or cuda (None: cuda if available)")
+    add_device_argument(parser)
     add_transcribe_arguments(parser)
-    parser.add_argument("sound_files", type=Path, nargs="+", help="audio files (wav, flac, ...), any sample rate")
     add_model_arguments(parser)
     return parser
 
@@ -66,16 +66,14 @@ def run(argv: Optional[List[str]] = None) -> int:
     apply_num_threads()
     check_inputs_exist(__file__, {"--checkpoint": args.checkpoint, "--tokens": args.tokens})
 
-    import torch
-
     import model as recipe_model
     from icefall.decoding import check_method
     from icefall.model_loading import load_model
     from icefall.tokens import read_tokens
     from icefall.torch_backend import TorchBackend
-    from icefall.transcribe import print_results, transcribe_files
+    from icefall.transcribe import transcribe_and_print
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = device_from_flag(args.device)
     tokens = read_tokens(args.tokens)
     model = load_model(recipe_model, args, tokens, args.tokens).to(device)
     check_method(model, args.method, "--method")
@@ -86,9 +84,7 @@ def run(argv: Optional[List[str]] = None) -> int:
 
     backend = TorchBackend(model, recipe_model.frames_after_subsampling, args.method,
                            args.beam_size, args.max_sym_per_frame, device)
-    results = transcribe_files(backend, args.sound_files, args.max_duration,
-                               args.chunk_duration, args.chunk_context)
-    return print_results(results, tokens.decode)
+    return transcribe_and_print(backend, args, tokens.decode)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

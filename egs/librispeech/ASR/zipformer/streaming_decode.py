@@ -49,6 +49,7 @@ import torch  # noqa: E402
 
 from icefall.asr_datamodule import AsrDataModule  # noqa: E402
 from icefall.checkpoint import CheckpointError, add_checkpoint_arguments  # noqa: E402
+from icefall.cli import device_from_flag  # noqa: E402
 from icefall.streaming_decoder import StreamingDecoder, StreamingStats, decode_streams  # noqa: E402
 from icefall.streaming_search import SEARCH_METHODS  # noqa: E402
 from icefall.tokens import SymbolTable, TokenFileError, read_tokens  # noqa: E402
@@ -136,6 +137,19 @@ def set_streaming(model: torch.nn.Module, chunk_size: int, left_context_frames: 
     model.encoder.left_context_frames = (left_context_frames,)
 
 
+def load_streaming_model(args) -> Tuple[torch.nn.Module, SymbolTable, int, int]:
+    """(model, tokens, chunk size, left context): the one --chunk-size and
+    --left-context-frames given (50 Hz frames), --tokens, and the model
+    :func:`load_model` selects, set to stream with them. User mistakes raise
+    ValueError, CheckpointError, TokenFileError or FileNotFoundError."""
+    chunk = single_int("--chunk-size", args.chunk_size)
+    left = single_int("--left-context-frames", args.left_context_frames)
+    tokens = read_tokens(args.tokens)
+    model = load_model(args, tokens)
+    set_streaming(model, chunk, left)
+    return model, tokens, chunk, left
+
+
 def cut_features(cuts) -> Iterator[Tuple[str, torch.Tensor]]:
     """(cut id, fbank [T, 80]) of each cut: its precomputed features, else from its audio."""
     from icefall.features import compute_fbank
@@ -172,11 +186,7 @@ def main(argv: Optional[list] = None) -> int:
     args = get_parser().parse_args(argv)
     apply_num_threads()
     try:
-        chunk = single_int("--chunk-size", args.chunk_size)
-        left = single_int("--left-context-frames", args.left_context_frames)
-        tokens = read_tokens(args.tokens)
-        model = load_model(args, tokens)
-        set_streaming(model, chunk, left)
+        model, tokens, chunk, left = load_streaming_model(args)
         data = AsrDataModule(args)
         test_sets = data.test_sets()
     except (CheckpointError, TokenFileError, ValueError, FileNotFoundError) as e:
@@ -194,7 +204,7 @@ def main(argv: Optional[list] = None) -> int:
     res_dir = args.exp_dir / "streaming" / args.decoding_method
     res_dir.mkdir(parents=True, exist_ok=True)
     setup_logger(res_dir / f"log-decode-{suffix}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = device_from_flag(args.device)
     model.to(device)
     logging.info(f"Streaming decoding with {args.decoding_method} on {device}, chunk {chunk} "
                  f"(= {2 * chunk * 10} ms), left context {left} frames; {vars(args)}")

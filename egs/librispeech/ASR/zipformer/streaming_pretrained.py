@@ -40,9 +40,9 @@ from icefall.checkpoint import CheckpointError, add_checkpoint_arguments  # noqa
 from icefall.streaming_decoder import StreamingDecoder  # noqa: E402
 from icefall.streaming_features import SAMPLE_RATE, OnlineFeatures  # noqa: E402
 from icefall.streaming_search import SEARCH_METHODS  # noqa: E402
-from icefall.tokens import TokenFileError, read_tokens  # noqa: E402
+from icefall.tokens import TokenFileError  # noqa: E402
 from model import add_model_arguments, stack_states, unstack_states  # noqa: E402
-from streaming_decode import PAD_FRAMES, load_model, set_streaming, single_int  # noqa: E402
+from streaming_decode import PAD_FRAMES, load_streaming_model  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -99,11 +99,7 @@ def main(argv: Optional[list] = None) -> int:
     args = get_parser().parse_args(argv)
     apply_num_threads()
     try:
-        chunk = single_int("--chunk-size", args.chunk_size)
-        left = single_int("--left-context-frames", args.left_context_frames)
-        tokens = read_tokens(args.tokens)
-        model = load_model(args, tokens)
-        set_streaming(model, chunk, left)
+        model, tokens, chunk, left = load_streaming_model(args)
     except (CheckpointError, TokenFileError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
