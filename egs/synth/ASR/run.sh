@@ -34,15 +34,15 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 stage=0
 stop_stage=100
 # corpus (prepare.sh)
-num_train=6000
+num_train=20000
 num_dev=300
 num_test=300
 heldout=default  # held-out sentences (prepare.sh --heldout): default, none or a file
 vocab_size=256
 # model and training
 exp_dir=pruned_transducer_stateless3/exp
-num_epochs=26
-avg=8
+num_epochs=3
+avg=2
 # Two training processes (DDP, gloo), one core each: on 2 cores, 1.34x the
 # throughput of one process with two threads. --max-duration is per process,
 # so an update sees 2 x 50 s of audio.
@@ -56,7 +56,7 @@ decoder_dim=256
 joiner_dim=256
 initial_lr=0.005
 lr_batches=5000
-lr_epochs=20
+lr_epochs=1
 model_warm_step=100
 average_period=10
 dropout=0.0
