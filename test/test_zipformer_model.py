@@ -379,10 +379,18 @@ def test_swoosh_matches_icefall(ref, kind):
     assert_close(R.scaling.swoosh_derivative(x, module.kind), want["exact_derivative"],
                  rtol=1e-6, atol_rel=1e-7)
     assert bool(torch.isfinite(want["exact_derivative"]).all())
-    # With gradients: the derivative is stored as a byte with random dither, as
-    # icefall does; the same seed draws the same dither.
-    torch.manual_seed(want["grad_in_quantized_seed"])
+    # On a CPU by default autograd keeps the input: icefall's exact derivative.
     y, grad_in = run_backward(module, x, grad_out)
+    assert_close(y, want["forward_module_with_grad"], rtol=1e-6, atol_rel=1e-6)
+    assert_close(grad_in, want["grad_in_exact"], rtol=1e-5, atol_rel=1e-6)
+    # Bytes (the GPU default): the derivative is stored as a byte with random
+    # dither, as icefall does; the same seed draws the same dither.
+    R.scaling.set_swoosh_byte_derivative(True)
+    try:
+        torch.manual_seed(want["grad_in_quantized_seed"])
+        y, grad_in = run_backward(module, x, grad_out)
+    finally:
+        R.scaling.set_swoosh_byte_derivative(None)
     assert_close(y, want["forward_module_with_grad"], rtol=1e-6, atol_rel=1e-6)
     step = 1.005 / 255
     assert bool(((grad_in - want["grad_in_quantized"]).abs() <= step * grad_out.abs() + 1e-7).all())
@@ -705,3 +713,15 @@ def test_streaming_a_batch_equals_streaming_each_utterance(streaming_ref):
         # unstack_states is stack_states' inverse
         again = R.model.stack_states(R.model.unstack_states(states))
         assert all(torch.equal(a, b) for a, b in zip(again, states))
+
+
+def test_configs_saved_before_embed_channels_still_load_icefalls_weights(ref):
+    config = config_for(ref["config"]["argv"], vocab_size=50, blank_id=0)
+    assert config["embed_channels"] == [8, 32, 128, 384]  # icefall's front end by default
+    del config["embed_channels"]  # as in configs written before the flag existed
+    model = R.model.build_model(config)
+    model.load_state_dict(ref["model"], strict=True)
+    assert model.config["embed_channels"] == [8, 32, 128, 384]
+    config["embed_channels"] = [8, 32, 128]
+    with pytest.raises(ValueError, match="embed_channels needs 4"):
+        R.model.build_model(config)

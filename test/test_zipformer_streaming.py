@@ -76,11 +76,10 @@ def knf_features(wave: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(fbank.pop_frames())
 
 
-@pytest.fixture(scope="module")
-def model():
+def make_model(argv):
     parser = __import__("argparse").ArgumentParser()
     R.model.add_model_arguments(parser)
-    config = R.model.config_from_args(parser.parse_args(ARGV), vocab_size=VOCAB)
+    config = R.model.config_from_args(parser.parse_args(argv), vocab_size=VOCAB)
     torch.manual_seed(0)
     m = R.model.build_model(config).eval()
     feats = knf_features(synthetic_wave(np.random.RandomState(123), 4.0))
@@ -92,6 +91,11 @@ def model():
         gap = logits[:, 1:].max(dim=-1).values - logits[:, 0]
         m.joiner.output_linear.bias[0] += gap.quantile(0.6)  # blank wins on ~60% of frames
     return m
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model(ARGV)
 
 
 def decoder_for(model, method="greedy_search", chunk=CHUNK):
@@ -150,6 +154,22 @@ def test_chunk_32_streams_equal_simulated(model):
     got, _ = decode_streams(decoder_for(m, chunk=32), utts, num_streams=2)
     for utt_id, feats in utts:
         assert got[utt_id] == simulated(m, feats, "greedy_search", chunk=32)
+
+
+def test_a_lighter_front_end_streams_as_it_simulates(tmp_path, capsys):
+    """--embed-channels: other front-end sizes stream too; the streaming ONNX
+    export refuses those sherpa-onnx cannot run, naming the flag."""
+    light = make_model(ARGV + ["--embed-channels", "4,8,16,24"])
+    assert light.encoder_embed.convnext.pointwise_conv1.weight.shape[:2] == (24, 16)
+    rng = np.random.RandomState(3)
+    utts = [(f"u{i}", knf_features(synthetic_wave(rng, s))) for i, s in enumerate([2.2, 0.8])]
+    got, _ = decode_streams(decoder_for(light), utts, num_streams=2)
+    for utt_id, feats in utts:
+        assert got[utt_id] == simulated(light, feats, "greedy_search")
+    assert sum(len(ids) for ids in got.values()) > 5
+    with pytest.raises(ValueError, match="--embed-channels"):
+        R.export_streaming.export_streaming_onnx(light, tmp_path / "out", int8=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_state_shapes_are_icefalls(model):

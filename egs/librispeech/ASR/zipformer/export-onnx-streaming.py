@@ -195,6 +195,10 @@ def export_streaming_onnx(model: nn.Module, out_dir: Path, opset: int = OPSET, i
     enc = model.encoder
     if not enc.causal:
         raise ValueError("the model is not causal (--causal 1): it cannot stream")
+    if model.encoder_embed.layer3_channels != 128:
+        raise ValueError(f"sherpa-onnx's streaming recognizer needs 128 as the third value of "
+                         f"--embed-channels (its embed_states are [N, 128, 3, 19]); this model "
+                         f"has {model.encoder_embed.layer3_channels}")
     if len(enc.chunk_size) != 1 or len(enc.left_context_frames) != 1 or \
             enc.chunk_size[0] <= 0 or enc.left_context_frames[0] <= 0:
         raise ValueError(f"--chunk-size and --left-context-frames need one positive value each, "

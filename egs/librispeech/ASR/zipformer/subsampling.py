@@ -22,11 +22,12 @@ class ConvNeXt(nn.Module):
     probability layerdrop_rate (0.2 falling to 0.015 over 20k batches).
     """
 
-    def __init__(self, channels: int, hidden_ratio: int = 3,
+    def __init__(self, channels: int, hidden_channels: Optional[int] = None,
                  kernel_size: Tuple[int, int] = (7, 7), layerdrop_rate: Optional[FloatLike] = None):
         super().__init__()
         self.padding = ((kernel_size[0] - 1) // 2, (kernel_size[1] - 1) // 2)
-        hidden_channels = channels * hidden_ratio
+        if hidden_channels is None:
+            hidden_channels = 3 * channels
         if layerdrop_rate is None:
             layerdrop_rate = ScheduledFloat((0.0, 0.2), (20000.0, 0.015))
         self.layerdrop_rate = layerdrop_rate
@@ -82,11 +83,13 @@ class Conv2dSubsampling(nn.Module):
     """[N, T, in_channels] -> ([N, (T-7)//2, out_channels], lengths (x_lens-7)//2).
 
     Needs T >= 9 (so that one frame comes out) and in_channels >= 7.
+    icefall's channels are 8, 32, 128 and 384 (the ConvNeXt's hidden layer);
+    fewer make the front end, most of a small model's cost, much cheaper.
     """
 
     def __init__(self, in_channels: int, out_channels: int, layer1_channels: int = 8,
                  layer2_channels: int = 32, layer3_channels: int = 128,
-                 dropout: FloatLike = 0.1):
+                 dropout: FloatLike = 0.1, convnext_hidden_channels: Optional[int] = None):
         super().__init__()
         assert in_channels >= 7, in_channels
         # Indices 0, 4 and 7 hold the convolutions (icefall's state_dict names).
@@ -102,7 +105,7 @@ class Conv2dSubsampling(nn.Module):
             Balancer(layer3_channels, channel_dim=1, max_abs=4.0),
             SwooshR(),
         )
-        self.convnext = ConvNeXt(layer3_channels, kernel_size=(7, 7))
+        self.convnext = ConvNeXt(layer3_channels, convnext_hidden_channels, kernel_size=(7, 7))
         self.out_width = (((in_channels - 1) // 2) - 1) // 2
         self.layer3_channels = layer3_channels
         self.out = nn.Linear(self.out_width * layer3_channels, out_channels)
