@@ -33,8 +33,8 @@ def recipe(tmp_path_factory):
     workdir = root / "egs/synth/ASR"
     heldout = root / "heldout.txt"
     heldout.write_text("I left my keys on the kitchen table.\nWe met at 7:30 near St. Paul's.\n")
-    args = [*TINY, "--heldout", str(heldout)]
-    first = run_sh(workdir, *args)  # the default --avg 8 is more than 2 epochs allow
+    args = [*TINY, "--heldout", str(heldout), "--avg", "8"]
+    first = run_sh(workdir, *args)  # --avg 8 is more than 2 epochs allow
     return workdir, args, first
 
 
