@@ -223,11 +223,27 @@ def plan_corpus(config: SynthConfig, progress: bool = False) -> Tuple[Dict[str, 
 def render(utt: Utterance) -> np.ndarray:
     """Synthesise one utterance: espeak, leading silence, gain, white noise.
     Returns float32 ``[N]`` at 16 kHz."""
+    return _render(utt, word_starts=False)[0]
+
+
+def render_with_word_starts(utt: Utterance) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`render` plus where each word starts: (audio float32 ``[N]`` at
+    16 kHz, starts int64 ``[W]`` in samples of that audio, leading silence
+    included). The audio is exactly what :func:`render` gives in the same
+    engine state (asking espeak for its word events does not change its
+    output), e.g. both after ``get_engine().reset()``. ``W`` is
+    ``len(utt.text.split())``; a word espeak joined to the one before it has
+    start -1 (see :meth:`icefall.espeak.Espeak.synthesize`)."""
+    return _render(utt, word_starts=True)
+
+
+def _render(utt: Utterance, word_starts: bool) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     from icefall.espeak import synthesize
 
     # Lower case: espeak may spell out an all-caps word letter by letter.
-    speech = synthesize(utt.text.lower(), utt.voice, rate=utt.rate, pitch=utt.pitch,
-                        pitch_range=utt.pitch_range, sample_rate=SAMPLE_RATE)
+    out = synthesize(utt.text.lower(), utt.voice, rate=utt.rate, pitch=utt.pitch,
+                     pitch_range=utt.pitch_range, sample_rate=SAMPLE_RATE, word_starts=word_starts)
+    speech, starts = out if word_starts else (out, None)
     peak = float(np.abs(speech).max()) if speech.size else 0.0
     if peak > 0:
         speech = speech * (utt.gain / peak)
@@ -238,7 +254,9 @@ def render(utt: Utterance) -> np.ndarray:
     noise_rng = np.random.default_rng(utt.noise_seed)
     noise = noise_rng.standard_normal(audio.shape[0]).astype(np.float32)
     audio += noise * np.float32(np.sqrt(power / 10 ** (utt.snr / 10)))
-    return np.clip(audio, -1.0, 1.0)
+    if starts is not None:
+        starts = starts + lead.shape[0]
+    return np.clip(audio, -1.0, 1.0), starts
 
 
 # espeak's output depends on the utterances before it in the process, so the
