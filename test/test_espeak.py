@@ -118,8 +118,11 @@ def test_render_with_word_starts_is_render_plus_the_leading_silence():
     engine.reset()
     want = render(utt)
     engine.reset()
-    audio, starts = render_with_word_starts(utt)
+    audio, starts, speech_end = render_with_word_starts(utt)
     assert np.array_equal(audio, want)
-    _, raw = espeak.synthesize("he forgot his umbrella", "en-us+m3", rate=160, pitch=40,
-                               pitch_range=60, fresh=True, word_starts=True)
-    assert np.array_equal(starts, raw + int(0.2 * 16000))
+    speech, raw = espeak.synthesize("he forgot his umbrella", "en-us+m3", rate=160, pitch=40,
+                                    pitch_range=60, fresh=True, word_starts=True)
+    lead = int(0.2 * 16000)
+    assert np.array_equal(starts, raw + lead)
+    loud = np.nonzero(np.abs(speech) > 0.01 * np.abs(speech).max())[0]
+    assert speech_end == lead + loud[-1] + 1 and starts[-1] < speech_end < len(audio)
