@@ -223,9 +223,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         t = np.array(rows).reshape(-1, 3) * 1000
         mean, median, p90 = summarize(t[:, 1] - t[:, 0])
         structural = float((t[:, 2] - t[:, 0]).mean()) if len(t) else float("nan")
+        cells = [f"{x:.0f}" if np.isfinite(x) else "-"
+                 for x in (mean, median, p90, structural, mean - structural)]
         print(f"| {chunk} ({20 * chunk} ms) | {counts.wer:.2f} | {len(t)} / {counts.ref_len} | "
-              f"{mean:.0f} | {median:.0f} | {p90:.0f} | {structural:.0f} | "
-              f"{mean - structural:.0f} |", flush=True)
+              + " | ".join(cells) + " |", flush=True)
     if args.per_word_out is not None:
         with open(args.per_word_out, "w", encoding="utf-8") as f:
             print("utt\tchunk\tword\tend_ms\tappear_ms\tstructural_ms", file=f)
