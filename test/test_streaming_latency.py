@@ -81,23 +81,42 @@ def test_word_ends_voiced_end_and_the_structural_time():
 # The benchmark end to end
 
 
-def load_benchmark():
-    """benchmarks/streaming_latency.py as a module; the recipe modules it
-    imports (model, zipformer, ...) are removed from sys.modules afterwards so
-    that other recipes' modules of the same names are not shadowed."""
+def load_benchmark(name: str = "streaming_latency"):
+    """benchmarks/<name>.py as a module; the recipe modules it imports (model,
+    zipformer, ...) are removed from sys.modules afterwards so that other
+    recipes' modules of the same names are not shadowed."""
     before = set(sys.modules)
     path = list(sys.path)
-    spec = importlib.util.spec_from_file_location("bench_streaming_latency",
-                                                  ROOT / "benchmarks" / "streaming_latency.py")
+    spec = importlib.util.spec_from_file_location(f"bench_{name}",
+                                                  ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     recipe = ROOT / "egs" / "librispeech" / "ASR" / "zipformer"
+    module.recipe_modules = {}
     for name in set(sys.modules) - before:
         f = getattr(sys.modules[name], "__file__", None) or ""
         if Path(f).parent == recipe:
-            del sys.modules[name]
+            module.recipe_modules[name] = sys.modules.pop(name)
     sys.path[:] = path
     return module
+
+
+def run_benchmark(module, argv) -> int:
+    """run_main(module.main, argv) with the recipe modules it was loaded with
+    in sys.modules (export-onnx-streaming.py, loaded at run time, imports
+    them by name), restored afterwards."""
+    from icefall.cli import run_main
+
+    saved = {n: sys.modules.get(n) for n in module.recipe_modules}
+    sys.modules.update(module.recipe_modules)
+    try:
+        return run_main(module.main, argv)
+    finally:
+        for n, m in saved.items():
+            if m is None:
+                sys.modules.pop(n, None)
+            else:
+                sys.modules[n] = m
 
 
 @pytest.fixture(scope="module")
@@ -120,20 +139,27 @@ def tiny(tmp_path_factory):
     utts = [Utterance(id=f"u{i}", split="test", text=t, voice="en-us+m3", rate=170, pitch=50,
                       pitch_range=50, snr=30.0, gain=0.5, lead=0.1, noise_seed=i)
             for i, t in enumerate(texts)]
-    (d / "audio").mkdir()
+    # the corpus as synthesize_corpus writes it: one block, the engine reset before it
+    import soundfile as sf
+    from icefall.espeak import get_engine
+    from icefall.synth_corpus import render
+
+    (d / "audio" / "test").mkdir(parents=True)
+    get_engine().reset()
+    for u in utts:
+        sf.write(str(d / "audio" / "test" / f"{u.id}.flac"), render(u), 16000, format="FLAC",
+                 subtype="PCM_16")
     (d / "audio" / "test.jsonl").write_text("".join(json.dumps(asdict(u)) + "\n" for u in utts))
     return d, model, utts
 
 
 def test_benchmark_runs_end_to_end(bench, tiny, capsys, tmp_path):
-    from icefall.cli import run_main
-
     d, _, utts = tiny
     out = tmp_path / "words.tsv"
     argv = ["--checkpoint", str(d / "pretrained.pt"), "--tokens", str(d / "tokens.txt"),
             "--audio-dir", str(d / "audio"), "--num-utts", "3", "--chunk-sizes", "16,32",
             "--left-context-frames", "64", "--per-word-out", str(out)]
-    assert run_main(bench.main, argv) == 0
+    assert run_benchmark(bench, argv) == 0
     text = capsys.readouterr().out
     num_words = sum(len(u.text.split()) for u in utts)
     assert f"3 utterances of {d / 'audio'}/test" in text
@@ -143,7 +169,9 @@ def test_benchmark_runs_end_to_end(bench, tiny, capsys, tmp_path):
     get_engine().reset()
     joined = sum(int((render_with_word_starts(u)[1][1:] < 0).sum()) for u in utts)
     assert f"{num_words} words, {joined} without a known end" in text
-    assert "no FLAC files" in text
+    # spoken again as the corpus was: equal to its FLAC files up to 16-bit rounding
+    diff = float(text.split("max difference ")[1].split()[0])
+    assert diff <= 1.0 / 32768
     rows = [line for line in text.splitlines() if line.startswith("| 16 ") or line.startswith("| 32 ")]
     assert len(rows) == 2
     for row in rows:
@@ -205,21 +233,39 @@ def test_measure_utterance_against_partials_recorded_independently(bench, tiny):
 
 
 def test_missing_inputs_are_one_line_errors(bench, tiny, capsys, tmp_path):
-    from icefall.cli import run_main
-
     d, _, _ = tiny
     base = ["--tokens", str(d / "tokens.txt"), "--audio-dir", str(d / "audio")]
-    assert run_main(bench.main, base + ["--checkpoint", str(tmp_path / "no.pt")]) == 2
+    assert run_benchmark(bench, base + ["--checkpoint", str(tmp_path / "no.pt")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --checkpoint") and "no.pt: not found" in err
     assert len(err.strip().splitlines()) == 1
     argv = ["--checkpoint", str(d / "pretrained.pt"), "--tokens", str(d / "tokens.txt"),
             "--audio-dir", str(tmp_path / "nodir")]
-    assert run_main(bench.main, argv) == 2
+    assert run_benchmark(bench, argv) == 2
     err = capsys.readouterr().err
     assert "nodir: not found" in err and len(err.strip().splitlines()) == 1
     argv[-1] = str(d / "audio")
-    assert run_main(bench.main, argv + ["--split", "dev"]) == 2
+    assert run_benchmark(bench, argv + ["--split", "dev"]) == 2
     assert "dev.jsonl: not found" in capsys.readouterr().err
-    assert run_main(bench.main, argv + ["--chunk-sizes", "16,x"]) == 2
+    assert run_benchmark(bench, argv + ["--chunk-sizes", "16,x"]) == 2
     assert "--chunk-sizes" in capsys.readouterr().err
+
+
+def test_streaming_benchmark_on_a_trained_checkpoint_and_corpus_audio(tiny, capsys):
+    """benchmarks/streaming_benchmark.py with --checkpoint and --audio-dir:
+    PyTorch and sherpa-onnx rows for the given model on the corpus audio."""
+    bench = load_benchmark("streaming_benchmark")
+    d, _, _ = tiny
+    argv = ["--checkpoint", str(d / "pretrained.pt"), "--tokens", str(d / "tokens.txt"),
+            "--audio-dir", str(d / "audio"), "--num-utts", "2", "--chunk-sizes", "16",
+            "--left-context-frames", "64"]
+    assert run_benchmark(bench, argv) == 0
+    text = capsys.readouterr().out
+    assert f"2 utterances ({d / 'audio'}/test)" in text and "trained model" in text
+    for what in ("PyTorch, 1 stream", "PyTorch, 2 streams batched", "sherpa-onnx fp32",
+                 "sherpa-onnx int8"):
+        row = next(line for line in text.splitlines() if what in line)
+        assert float(row.split("|")[3]) > 0  # an RTF
+    assert run_benchmark(bench, argv[2:] + ["--exp-dir", str(d / "nothing")]) == 2
+    assert run_benchmark(bench, argv[:2] + argv[4:]) == 2  # no --tokens
+    assert "--tokens" in capsys.readouterr().err
