@@ -21,7 +21,8 @@ when they are there).  Each utterance is then fed like a microphone, in
 pieces of one chunk of audio (2 * chunk * 10 ms), through
 zipformer/streaming_pretrained.py's stream_samples (kaldi-native-fbank
 features as the audio arrives, icefall/streaming_decoder.py), and after each
-decoded chunk the partial transcript and the audio fed so far are recorded.
+decoded chunk the partial transcript and the audio fed so far are recorded
+(--piece-ms feeds smaller pieces, as a microphone app would).
 
 Times, all in audio time (compute time is not included; add it from
 benchmarks/streaming_benchmark.py's real-time factor):
@@ -100,6 +101,10 @@ def get_parser():
                         help="search of the streaming decoder")
     parser.add_argument("--num-active-paths", type=int, default=4,
                         help="beam of modified_beam_search")
+    parser.add_argument("--piece-ms", type=int, default=0,
+                        help="feed the audio in pieces of this many ms (0: one chunk, as "
+                        "streaming_pretrained.py; with pieces of one chunk the 130 ms "
+                        "look-ahead costs a whole piece)")
     parser.add_argument("--per-word-out", type=Path, default=None,
                         help="if given, write one line per timed word there (TSV, ms)")
     add_model_arguments(parser)
@@ -150,12 +155,13 @@ def corpus_mismatch(audio_dir: Path, split: str, utts, spoken) -> Optional[float
 
 
 def measure_utterance(decoder: StreamingDecoder, tokens, chunk: int, ref: List[str],
-                      audio: np.ndarray, starts: np.ndarray, speech_end: int):
-    """Stream one utterance. Returns (final words, [(ref index, end, appear,
-    structural appear)]) in seconds."""
+                      audio: np.ndarray, starts: np.ndarray, speech_end: int,
+                      piece: int = 0):
+    """Stream one utterance in pieces of `piece` samples (0: one chunk).
+    Returns (final words, [(ref index, end, appear, structural appear)]) in seconds."""
     chunk_frames = 2 * chunk
     steps: List[Tuple[float, List[int]]] = []
-    stream_samples(decoder, audio, chunk_frames * SAMPLE_RATE // 100, lambda ids: None,
+    stream_samples(decoder, audio, piece or chunk_frames * SAMPLE_RATE // 100, lambda ids: None,
                    on_chunk=lambda fed, ids: steps.append((fed / SAMPLE_RATE, ids)))
     partials = [(t, tokens.decode(ids).split()) for t, ids in steps]
     covered = [(t, (k + 1) * chunk_frames * 0.01) for k, (t, _) in enumerate(steps)]
@@ -179,6 +185,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from icefall.synth_corpus import read_plan
 
     chunks = int_list("--chunk-sizes", args.chunk_sizes)
+    if args.piece_ms < 0:
+        raise UserError(f"--piece-ms: must be >= 0, got {args.piece_ms}")
     check_inputs_exist(__file__, {"--audio-dir": args.audio_dir, "--tokens": args.tokens,
                                   "--checkpoint": args.checkpoint})
     if args.checkpoint is None:
@@ -198,7 +206,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     mismatch = corpus_mismatch(args.audio_dir, args.split, utts, spoken)
     print(f"{len(utts)} utterances of {args.audio_dir}/{args.split} ({seconds:.0f} s, "
           f"{num_words} words, {unknown_end} without a known end); left context {left} frames; "
-          f"{args.decoding_method}; audio vs the corpus FLAC: "
+          f"{args.decoding_method}; fed in pieces of "
+          f"{f'{args.piece_ms} ms' if args.piece_ms else 'one chunk'}; audio vs the corpus FLAC: "
           + ("no FLAC files" if mismatch is None else f"max difference {mismatch:.2e}") + "\n")
     print("| chunk | WER % | words timed | delay mean (ms) | median | 90th pct "
           "| structural mean (ms) | model's own mean (ms) |")
@@ -215,7 +224,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             for utt, (audio, starts, speech_end) in zip(utts, spoken):
                 ref = utt.text.split()
                 hyp, timed = measure_utterance(decoder, tokens, chunk, ref, audio, starts,
-                                               speech_end)
+                                               speech_end, args.piece_ms * SAMPLE_RATE // 1000)
                 counts.add(ref, hyp)
                 for i, end, appear, structural in timed:
                     rows.append((end, appear, structural))

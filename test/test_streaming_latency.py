@@ -230,6 +230,20 @@ def test_measure_utterance_against_partials_recorded_independently(bench, tiny):
         k = structural * 16000 / piece
         assert abs(k - round(k)) < 1e-6 or structural == pytest.approx(len(audio) / 16000)
         assert structural >= end
+    # smaller pieces (100 ms): the chunk holding the end is decoded once its
+    # 130 ms of look-ahead (and a 25 ms window) are in, at the next piece
+    with torch.no_grad():
+        hyp100, timed100 = bench.measure_utterance(decoder, tokens, chunk, final, audio,
+                                                   fake_starts, speech_end, piece=1600)
+    assert hyp100 == final
+    seconds = len(audio) / 16000
+    for i, end, appear, structural in timed100:
+        k = structural / 0.1
+        assert abs(k - round(k)) < 1e-6 or structural == pytest.approx(seconds)
+        assert end <= structural <= max(end + 0.32 + 0.13 + 0.025 + 0.1, seconds)
+    mean = np.mean([s - e for _, e, _, s in timed])
+    mean100 = np.mean([s - e for _, e, _, s in timed100])
+    assert mean100 < mean  # a chunk's worth of look-ahead wait is gone
 
 
 def test_missing_inputs_are_one_line_errors(bench, tiny, capsys, tmp_path):
