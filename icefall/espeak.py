@@ -20,7 +20,7 @@ language (``en-us``, ``en-gb-x-rp``, ...) sets the pronunciation, the variant
 import ctypes
 import threading
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -33,6 +33,8 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _PARAM_RATE, _PARAM_VOLUME, _PARAM_PITCH, _PARAM_RANGE = 1, 2, 3, 4
 _CHARS_UTF8 = 1
 _ENDPAUSE = 0x1000
+# espeak_EVENT_TYPE values
+_EVENT_LIST_TERMINATED, _EVENT_WORD = 0, 1
 
 
 class EspeakError(RuntimeError):
@@ -50,6 +52,27 @@ class _Voice(ctypes.Structure):
         ("xx1", ctypes.c_ubyte),
         ("score", ctypes.c_int),
         ("spare", ctypes.c_void_p),
+    ]
+
+
+class _EventId(ctypes.Union):
+    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+
+
+class _Event(ctypes.Structure):
+    """espeak_EVENT of speak_lib.h. ``sample`` is the event's position in
+    samples at the native rate from the start of the message (``audio_position``
+    is the same in whole milliseconds)."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),
+        ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p),
+        ("id", _EventId),
     ]
 
 
@@ -78,6 +101,8 @@ class Espeak:
         self._lib_path = espeakng_loader.get_library_path()
         self._data_path = espeakng_loader.get_data_path()
         self._chunks: List[np.ndarray] = []
+        # word events: (native-rate sample, 1-based character position in the text)
+        self._word_events: List[Tuple[int, int]] = []
         self._callback = _CALLBACK(self._on_audio)  # keep a reference: C holds it
         self._lock = threading.Lock()
         self._lib = None
@@ -127,6 +152,14 @@ class Espeak:
     def _on_audio(self, wav, num_samples, events) -> int:
         if wav and num_samples > 0:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
+        if events:
+            # Reading the events does not change what espeak synthesises.
+            ev = ctypes.cast(events, ctypes.POINTER(_Event))
+            i = 0
+            while ev[i].type != _EVENT_LIST_TERMINATED:
+                if ev[i].type == _EVENT_WORD:
+                    self._word_events.append((int(ev[i].sample), int(ev[i].text_position)))
+                i += 1
         return 0  # 0 = continue
 
     def _list(self, languages: Optional[bytes]) -> List[VoiceInfo]:
@@ -181,7 +214,8 @@ class Espeak:
         sample_rate: int = 16000,
         seed: int = 0,
         fresh: bool = False,
-    ) -> np.ndarray:
+        word_starts: bool = False,
+    ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
         """Speak ``text``.
 
         Args:
@@ -196,9 +230,18 @@ class Espeak:
             arguments give the same samples after a reset.
           fresh: :meth:`reset` first, so the result does not depend on
             earlier utterances (costs about 40 ms).
+          word_starts: also return where each word starts (espeak's word
+            events); the samples are the same either way.
 
         Returns:
-          float32 samples ``[N]`` in [-1, 1] at ``sample_rate``.
+          float32 samples ``[N]`` in [-1, 1] at ``sample_rate``; with
+          ``word_starts`` the pair (samples, starts): ``starts`` is int64
+          ``[W]`` for the ``W = len(text.split())`` words, the sample (at
+          ``sample_rate``) where espeak began each word, or -1 for a word
+          espeak spoke joined to the word before it without an event of its
+          own (it does so with unstressed function words: "in the winter"
+          gives events for "in" and "winter" only). The starts that are not
+          -1 increase.
         """
         self.check_voice(voice)
         if fresh:
@@ -214,16 +257,39 @@ class Espeak:
             ):
                 lib.espeak_SetParameter(param, int(value), 0)
             lib.espeak_ng_SetRandSeed(int(seed))
-            self._chunks = []
+            self._chunks, self._word_events = [], []
             err = lib.espeak_Synth(data, len(data) + 1, 0, 0, 0, _CHARS_UTF8 | _ENDPAUSE, None, None)
             lib.espeak_Synchronize()
             chunks, self._chunks = self._chunks, []
+            events, self._word_events = self._word_events, []
         if err != 0:
             raise EspeakError(f"espeak_Synth failed with error {err} for text {text[:50]!r}")
         if not chunks:
-            return np.zeros(0, dtype=np.float32)
-        samples = np.concatenate(chunks).astype(np.float32) / 32768.0
-        return resample(samples, self.native_rate, sample_rate)
+            audio = np.zeros(0, dtype=np.float32)
+        else:
+            samples = np.concatenate(chunks).astype(np.float32) / 32768.0
+            audio = resample(samples, self.native_rate, sample_rate)
+        if not word_starts:
+            return audio
+        return audio, _word_starts(text, events, self.native_rate, sample_rate)
+
+
+def _word_starts(text: str, events: List[Tuple[int, int]], native_rate: int,
+                 sample_rate: int) -> np.ndarray:
+    """Each whitespace-separated word of ``text``: the output sample of the
+    word event at its first character (or inside it), else -1. ``events`` are
+    (native-rate sample, 1-based character position) pairs."""
+    import bisect
+    import re
+
+    firsts = [m.start() + 1 for m in re.finditer(r"\S+", text)]  # 1-based, as espeak counts
+    starts = np.full(len(firsts), -1, dtype=np.int64)
+    for sample, position in events:
+        i = bisect.bisect_right(firsts, position) - 1
+        if i >= 0 and starts[i] < 0:
+            # native rate -> output rate, rounded (resample keeps time 0 at sample 0)
+            starts[i] = (sample * sample_rate + native_rate // 2) // native_rate
+    return starts
 
 
 _ENGINE: Optional[Espeak] = None
@@ -248,7 +314,10 @@ def list_variants() -> List[VoiceInfo]:
 
 def synthesize(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50,
                pitch_range: int = 50, sample_rate: int = 16000, seed: int = 0,
-               fresh: bool = False) -> np.ndarray:
-    """Speak ``text`` with ``voice``; float32 ``[N]`` at ``sample_rate``.
+               fresh: bool = False, word_starts: bool = False
+               ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+    """Speak ``text`` with ``voice``; float32 ``[N]`` at ``sample_rate``, with
+    ``word_starts`` also each word's first sample (int64 ``[W]``).
     See :meth:`Espeak.synthesize`."""
-    return get_engine().synthesize(text, voice, rate, pitch, pitch_range, sample_rate, seed, fresh)
+    return get_engine().synthesize(text, voice, rate, pitch, pitch_range, sample_rate, seed, fresh,
+                                   word_starts)

@@ -223,11 +223,33 @@ def plan_corpus(config: SynthConfig, progress: bool = False) -> Tuple[Dict[str, 
 def render(utt: Utterance) -> np.ndarray:
     """Synthesise one utterance: espeak, leading silence, gain, white noise.
     Returns float32 ``[N]`` at 16 kHz."""
+    return _render(utt, word_starts=False)
+
+
+def render_with_word_starts(utt: Utterance) -> Tuple[np.ndarray, np.ndarray, int]:
+    """:func:`render` plus where the words are.
+
+    Returns:
+      (audio, starts, speech_end): audio float32 ``[N]`` at 16 kHz, exactly
+      what :func:`render` gives in the same engine state (asking espeak for
+      its word events does not change its output), e.g. both right after
+      ``get_engine().reset()``; starts int64 ``[W]``, ``W =
+      len(utt.text.split())``, each word's first sample in ``audio`` (the
+      leading silence included), -1 for a word espeak joined to the one
+      before it (see :meth:`icefall.espeak.Espeak.synthesize`); speech_end,
+      one past the last sample of the speech (before the noise is added)
+      above 1% of its peak.
+    """
+    return _render(utt, word_starts=True)
+
+
+def _render(utt: Utterance, word_starts: bool):
     from icefall.espeak import synthesize
 
     # Lower case: espeak may spell out an all-caps word letter by letter.
-    speech = synthesize(utt.text.lower(), utt.voice, rate=utt.rate, pitch=utt.pitch,
-                        pitch_range=utt.pitch_range, sample_rate=SAMPLE_RATE)
+    out = synthesize(utt.text.lower(), utt.voice, rate=utt.rate, pitch=utt.pitch,
+                     pitch_range=utt.pitch_range, sample_rate=SAMPLE_RATE, word_starts=word_starts)
+    speech, starts = out if word_starts else (out, None)
     peak = float(np.abs(speech).max()) if speech.size else 0.0
     if peak > 0:
         speech = speech * (utt.gain / peak)
@@ -238,7 +260,11 @@ def render(utt: Utterance) -> np.ndarray:
     noise_rng = np.random.default_rng(utt.noise_seed)
     noise = noise_rng.standard_normal(audio.shape[0]).astype(np.float32)
     audio += noise * np.float32(np.sqrt(power / 10 ** (utt.snr / 10)))
-    return np.clip(audio, -1.0, 1.0)
+    audio = np.clip(audio, -1.0, 1.0)
+    if starts is None:
+        return audio
+    speech_end = int(np.nonzero(voiced)[0][-1]) + 1 if voiced.any() else 0
+    return audio, starts + lead.shape[0], lead.shape[0] + speech_end
 
 
 # espeak's output depends on the utterances before it in the process, so the

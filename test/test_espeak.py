@@ -57,3 +57,72 @@ def test_unknown_voices_are_errors():
     # espeak itself would silently ignore an unknown variant
     with pytest.raises(espeak.EspeakError, match="no variant 'nosuch'"):
         espeak.synthesize("hello", "en-us+nosuch")
+
+
+SENTENCES = ("the old town was built near the river",
+             "he forgot his umbrella",
+             "people don't come here in the winter any more")
+
+
+@pytest.mark.parametrize("voice", ["en-us", "en-gb-x-rp+f2"])
+def test_word_starts_one_per_word_increasing_inside_the_audio(voice):
+    for text in SENTENCES:
+        plain = espeak.synthesize(text, voice, fresh=True)
+        audio, starts = espeak.synthesize(text, voice, fresh=True, word_starts=True)
+        assert np.array_equal(audio, plain), text  # asking for events changes nothing
+        assert starts.dtype == np.int64 and len(starts) == len(text.split()), text
+        known = starts[starts >= 0]
+        assert len(known) >= len(starts) - 1 and starts[0] == known[0] and starts[-1] == known[-1]
+        assert np.all(np.diff(known) > 0) and known[0] >= 0 and known[-1] < len(audio)
+        # the last word starts before the voiced end of the audio, not in the end pause
+        voiced = np.nonzero(np.abs(audio) > 0.01 * np.abs(audio).max())[0]
+        assert starts[-1] < voiced[-1]
+        # each word begins with sound: energy shortly after a start, not silence
+        for s in known:
+            assert np.abs(audio[s: s + 1600]).max() > 0.01 * np.abs(audio).max()
+
+
+def test_words_espeak_joins_to_the_one_before_have_no_start():
+    # espeak says "in the" as one word and reports a word event for "in" only
+    text = "people don't come here in the winter"
+    _, starts = espeak.synthesize(text, "en-us", fresh=True, word_starts=True)
+    assert [w for w, s in zip(text.split(), starts) if s < 0] == ["the"]
+    # one word event per word when no word is joined
+    _, starts = espeak.synthesize(SENTENCES[0], "en-us", fresh=True, word_starts=True)
+    assert np.all(starts >= 0)
+
+
+def test_word_starts_scale_with_the_sample_rate():
+    text = SENTENCES[0]
+    a16, s16 = espeak.synthesize(text, "en-us", fresh=True, word_starts=True)
+    a22, s22 = espeak.synthesize(text, "en-us", sample_rate=22050, fresh=True, word_starts=True)
+    # the same instants: within one sample of the rounding
+    assert np.abs(s22 * 16000 / 22050 - s16).max() <= 1.0
+
+
+def test_slower_speech_starts_its_words_later():
+    text = SENTENCES[0]
+    _, fast = espeak.synthesize(text, "en-us", rate=200, fresh=True, word_starts=True)
+    _, slow = espeak.synthesize(text, "en-us", rate=120, fresh=True, word_starts=True)
+    assert np.all(slow[1:] > fast[1:])
+    assert 1.4 < slow[-1] / fast[-1] < 1.9  # about 200 / 120 words per minute
+
+
+def test_render_with_word_starts_is_render_plus_the_leading_silence():
+    from icefall.synth_corpus import Utterance, render, render_with_word_starts
+
+    utt = Utterance(id="u", split="test", text="HE FORGOT HIS UMBRELLA", voice="en-us+m3",
+                    rate=160, pitch=40, pitch_range=60, snr=30.0, gain=0.5, lead=0.2,
+                    noise_seed=7)
+    engine = espeak.get_engine()
+    engine.reset()
+    want = render(utt)
+    engine.reset()
+    audio, starts, speech_end = render_with_word_starts(utt)
+    assert np.array_equal(audio, want)
+    speech, raw = espeak.synthesize("he forgot his umbrella", "en-us+m3", rate=160, pitch=40,
+                                    pitch_range=60, fresh=True, word_starts=True)
+    lead = int(0.2 * 16000)
+    assert np.array_equal(starts, raw + lead)
+    loud = np.nonzero(np.abs(speech) > 0.01 * np.abs(speech).max())[0]
+    assert speech_end == lead + loud[-1] + 1 and starts[-1] < speech_end < len(audio)

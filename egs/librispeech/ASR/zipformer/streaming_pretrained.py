@@ -67,24 +67,30 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def stream_samples(decoder: StreamingDecoder, samples: np.ndarray, piece: int,
-                   on_change: Callable[[List[int]], None]) -> List[int]:
+                   on_change: Callable[[List[int]], None],
+                   on_chunk: Optional[Callable[[int, List[int]], None]] = None) -> List[int]:
     """Feed `samples` (16 kHz) in pieces of `piece` samples, decoding every chunk
-    as soon as it is complete; on_change(tokens) after each change.  Returns
-    the final tokens."""
+    as soon as it is complete; on_change(tokens) after each change, and
+    on_chunk(samples fed so far, tokens) after every decoded chunk if given.
+    Returns the final tokens."""
     features = OnlineFeatures()
     stream = decoder.new_stream("mic")
     last: List[int] = []
+    fed = 0
 
     def decode_ready() -> None:
         nonlocal last
         while stream.ready():
             decoder.decode_chunk([stream])
+            if on_chunk is not None:
+                on_chunk(fed, list(stream.tokens))
             if stream.tokens != last:
                 last = list(stream.tokens)
                 on_change(last)
 
     for start in range(0, len(samples), piece):
         features.accept_waveform(samples[start: start + piece])
+        fed = min(start + piece, len(samples))
         stream.accept_features(features.pop_frames())
         decode_ready()
     features.input_finished()
