@@ -123,8 +123,8 @@ class SwooshFunction(torch.autograd.Function):
 
 # When gradients are needed, Swoosh either keeps its derivative as one byte per
 # element (SwooshFunction: a quarter of the memory, several extra passes over
-# the tensor) or lets autograd keep the float input (softplus: about 1.4x
-# faster for the frontend on a CPU).  None: bytes on GPUs, where memory is
+# the tensor) or lets autograd keep the float input (softplus: a small
+# model's training step about 1.4x faster on a CPU).  None: bytes on GPUs, where memory is
 # the limit, and autograd on CPUs, where time is.
 BYTE_DERIVATIVE: Optional[bool] = None
 
