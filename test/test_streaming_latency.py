@@ -84,20 +84,27 @@ def test_word_ends_voiced_end_and_the_structural_time():
 def load_benchmark(name: str = "streaming_latency"):
     """benchmarks/<name>.py as a module; the recipe modules it imports (model,
     zipformer, ...) are removed from sys.modules afterwards so that other
-    recipes' modules of the same names are not shadowed."""
+    recipes' modules of the same names are not shadowed; those already loaded
+    (pts3's model, scaling, ... by earlier tests) are set aside meanwhile, so
+    that the benchmark gets the Zipformer's."""
+    recipe = ROOT / "egs" / "librispeech" / "ASR" / "zipformer"
+    others = {n: sys.modules.pop(n) for n in {p.stem for p in recipe.glob("*.py")}
+              if n in sys.modules}
     before = set(sys.modules)
     path = list(sys.path)
-    spec = importlib.util.spec_from_file_location(f"bench_{name}",
-                                                  ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    recipe = ROOT / "egs" / "librispeech" / "ASR" / "zipformer"
-    module.recipe_modules = {}
-    for name in set(sys.modules) - before:
-        f = getattr(sys.modules[name], "__file__", None) or ""
-        if Path(f).parent == recipe:
-            module.recipe_modules[name] = sys.modules.pop(name)
-    sys.path[:] = path
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}",
+                                                      ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.recipe_modules = {}
+        for name in set(sys.modules) - before:
+            f = getattr(sys.modules[name], "__file__", None) or ""
+            if Path(f).parent == recipe:
+                module.recipe_modules[name] = sys.modules.pop(name)
+    finally:
+        sys.path[:] = path
+        sys.modules.update(others)
     return module
 
 
