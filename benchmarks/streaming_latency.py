@@ -70,7 +70,7 @@ from icefall.checkpoint import add_checkpoint_arguments  # noqa: E402
 from icefall.cli import UserError, check_inputs_exist, make_parser, run_main  # noqa: E402
 from icefall.streaming_decoder import StreamingDecoder  # noqa: E402
 from icefall.streaming_features import SAMPLE_RATE  # noqa: E402
-from icefall.streaming_search import SEARCH_METHODS  # noqa: E402
+from icefall.streaming_search import add_streaming_search_arguments  # noqa: E402
 from icefall.wer import ErrorCounts  # noqa: E402
 from icefall.word_latency import first_time_covering, word_delays, word_ends  # noqa: E402
 from model import add_model_arguments, stack_states, unstack_states  # noqa: E402
@@ -97,10 +97,7 @@ def get_parser():
                         help="the first N utterances of the split (0: all)")
     parser.add_argument("--chunk-sizes", default="16,32",
                         help="chunk sizes to measure, 50 Hz frames (16 = 320 ms)")
-    parser.add_argument("--decoding-method", choices=SEARCH_METHODS, default="greedy_search",
-                        help="search of the streaming decoder")
-    parser.add_argument("--num-active-paths", type=int, default=4,
-                        help="beam of modified_beam_search")
+    add_streaming_search_arguments(parser)
     parser.add_argument("--piece-ms", type=int, default=0,
                         help="feed the audio in pieces of this many ms (0: one chunk, as "
                         "streaming_pretrained.py; with pieces of one chunk the 130 ms "

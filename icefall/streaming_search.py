@@ -29,6 +29,14 @@ from icefall.beam_search import (Hypothesis, HypothesisList, _decoder_proj, _ini
 SEARCH_METHODS = ("greedy_search", "modified_beam_search")
 
 
+def add_streaming_search_arguments(parser) -> None:
+    """--decoding-method and --num-active-paths, as icefall's streaming_decode.py."""
+    parser.add_argument("--decoding-method", choices=SEARCH_METHODS, default="greedy_search",
+                        help="search run on each chunk's encoder output (default: %(default)s)")
+    parser.add_argument("--num-active-paths", type=int, default=4,
+                        help="beam of modified_beam_search (default: %(default)s)")
+
+
 class GreedyState:
     """One stream's greedy search: ``ys`` is the decoder's initial context
     followed by the tokens; ``decoder_out`` [joiner_dim] is the projected

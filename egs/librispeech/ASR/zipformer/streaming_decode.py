@@ -51,7 +51,7 @@ from icefall.asr_datamodule import AsrDataModule  # noqa: E402
 from icefall.checkpoint import CheckpointError, add_checkpoint_arguments  # noqa: E402
 from icefall.cli import device_from_flag  # noqa: E402
 from icefall.streaming_decoder import StreamingDecoder, StreamingStats, decode_streams  # noqa: E402
-from icefall.streaming_search import SEARCH_METHODS  # noqa: E402
+from icefall.streaming_search import add_streaming_search_arguments  # noqa: E402
 from icefall.tokens import SymbolTable, TokenFileError, read_tokens  # noqa: E402
 from icefall.utils import setup_logger  # noqa: E402
 from icefall.wer import store_transcripts, write_error_stats, write_wer_summary  # noqa: E402
@@ -74,10 +74,7 @@ def get_parser() -> argparse.ArgumentParser:
                         "--epoch/--iter/--avg are not used (default: %(default)s)")
     parser.add_argument("--tokens", type=Path, default=Path("data/lang_bpe_500/tokens.txt"),
                         help="tokens.txt (default: %(default)s)")
-    parser.add_argument("--decoding-method", choices=SEARCH_METHODS, default="greedy_search",
-                        help="(default: %(default)s)")
-    parser.add_argument("--num-active-paths", type=int, default=4,
-                        help="beam of modified_beam_search (default: %(default)s)")
+    add_streaming_search_arguments(parser)
     parser.add_argument("--num-decode-streams", type=int, default=2000,
                         help="streams decoded in parallel (default: %(default)s)")
     parser.add_argument("--device", type=str, default=None,

@@ -39,7 +39,7 @@ from icefall.audio import AudioFileError, read_audio  # noqa: E402
 from icefall.checkpoint import CheckpointError, add_checkpoint_arguments  # noqa: E402
 from icefall.streaming_decoder import StreamingDecoder  # noqa: E402
 from icefall.streaming_features import SAMPLE_RATE, OnlineFeatures  # noqa: E402
-from icefall.streaming_search import SEARCH_METHODS  # noqa: E402
+from icefall.streaming_search import add_streaming_search_arguments  # noqa: E402
 from icefall.tokens import TokenFileError  # noqa: E402
 from model import add_model_arguments, stack_states, unstack_states  # noqa: E402
 from streaming_decode import PAD_FRAMES, load_streaming_model  # noqa: E402
@@ -56,10 +56,7 @@ def get_parser() -> argparse.ArgumentParser:
     add_checkpoint_arguments(parser)
     parser.add_argument("--tokens", type=Path, default=Path("data/lang_bpe_500/tokens.txt"),
                         help="tokens.txt (default: %(default)s)")
-    parser.add_argument("--decoding-method", choices=SEARCH_METHODS, default="greedy_search",
-                        help="(default: %(default)s)")
-    parser.add_argument("--num-active-paths", type=int, default=4,
-                        help="beam of modified_beam_search (default: %(default)s)")
+    add_streaming_search_arguments(parser)
     add_model_arguments(parser)
     parser.add_argument("sound_files", type=Path, nargs="+",
                         help="audio files (wav, flac, ...), any sample rate")
