@@ -98,10 +98,10 @@ def load_benchmark(name: str = "streaming_latency"):
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         module.recipe_modules = {}
-        for name in set(sys.modules) - before:
-            f = getattr(sys.modules[name], "__file__", None) or ""
+        for loaded in set(sys.modules) - before:
+            f = getattr(sys.modules[loaded], "__file__", None) or ""
             if Path(f).parent == recipe:
-                module.recipe_modules[name] = sys.modules.pop(name)
+                module.recipe_modules[loaded] = sys.modules.pop(loaded)
     finally:
         sys.path[:] = path
         sys.modules.update(others)
