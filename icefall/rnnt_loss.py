@@ -33,6 +33,7 @@ Unlike k2, the simple and smoothed losses never build a [B, S, T, C] tensor
 logits-sized gradient buffer rather than several.
 """
 
+import functools
 from typing import Optional, Tuple, Union
 
 import torch
@@ -56,6 +57,25 @@ _RNNT_TYPES = ("regular", "modified")
 # ----------------------------------------------------------------------------
 # Small shared pieces
 # ----------------------------------------------------------------------------
+
+
+def _in_float32(loss_fn):
+    """Run a loss in float32 even inside a bfloat16/float16 autocast region:
+    its exp-space matmuls and the recursion's sums of log-probabilities need
+    the precision (icefall likewise leaves the losses out of autocast).
+    Half-precision tensor arguments are cast up; gradients flow back in
+    their dtype."""
+
+    def up(x):
+        return x.float() if torch.is_tensor(x) and x.is_floating_point() and x.dtype != torch.float64 else x
+
+    @functools.wraps(loss_fn)
+    def wrapper(*args, **kwargs):
+        device = next((x.device.type for x in (*args, *kwargs.values()) if torch.is_tensor(x)), "cpu")
+        with torch.autocast(device_type=device, enabled=False):
+            return loss_fn(*(up(a) for a in args), **{k: up(v) for k, v in kwargs.items()})
+
+    return wrapper
 
 
 def _check_rnnt_type(rnnt_type: str) -> bool:
@@ -203,6 +223,7 @@ def get_rnnt_logprobs(lm: Tensor, am: Tensor, symbols: Tensor,
     return _finish_px(px, boundary, modified), py
 
 
+@_in_float32
 def rnnt_loss_simple(
     lm: Tensor,
     am: Tensor,
@@ -299,6 +320,7 @@ def get_rnnt_logprobs_smoothed(
     return _finish_px(px, boundary, modified), py
 
 
+@_in_float32
 def rnnt_loss_smoothed(
     lm: Tensor,
     am: Tensor,
@@ -452,6 +474,7 @@ def _with_termination(symbols: Tensor, termination_symbol: int) -> Tensor:
     return torch.cat((symbols, term), dim=1)
 
 
+@_in_float32
 def rnnt_loss(
     logits: Tensor,
     symbols: Tensor,
@@ -633,6 +656,7 @@ def get_rnnt_logprobs_pruned(logits: Tensor, symbols: Tensor, ranges: Tensor,
     return _finish_px(px, boundary, modified), py
 
 
+@_in_float32
 def rnnt_loss_pruned(
     logits: Tensor,
     symbols: Tensor,

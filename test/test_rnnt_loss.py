@@ -215,6 +215,40 @@ def test_smoothed_lm_only_is_lm_score():
     assert math.isclose(loss.item(), ref, rel_tol=1e-9)
 
 
+def largest_float32(function):
+    return max((c for c in cases_of(function) if c["dtype"] == "float32"),
+               key=lambda c: c["inputs"]["am"].numel())
+
+
+def test_losses_stay_float32_under_bf16_autocast():
+    """Training with --use-bf16 runs the model in autocast; the losses must
+    still give k2's float32 values (a bfloat16 matmul in the normalisers is
+    off by about 1e-2), and take bfloat16 inputs, returning a float32 loss
+    and a bfloat16 gradient."""
+    for function in ("rnnt_loss_smoothed", "rnnt_loss_simple"):
+        case = largest_float32(function)
+        x = case["inputs"]
+        am, lm = leaves(case)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = getattr(L, function)(lm=lm, am=am, symbols=x["symbols"],
+                                        boundary=x.get("boundary"), **case["kwargs"])[0]
+        check_loss_and_grads(case, loss, am, lm)
+
+    case = largest_float32("rnnt_loss_pruned")
+    x = case["inputs"]
+    logits = L.do_rnnt_pruning(am=x["am"], lm=x["lm"], ranges=x["ranges"])
+    logits = (logits[0] + logits[1]).to(torch.bfloat16).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = L.rnnt_loss_pruned(logits=logits, symbols=x["symbols"], ranges=x["ranges"],
+                                  boundary=x.get("boundary"), **case["kwargs"])
+    assert loss.dtype == torch.float32
+    ref = L.rnnt_loss_pruned(logits=logits.detach().float(), symbols=x["symbols"],
+                             ranges=x["ranges"], boundary=x.get("boundary"), **case["kwargs"])
+    assert torch.equal(loss.detach(), ref)
+    loss.sum().backward()
+    assert logits.grad.dtype == torch.bfloat16
+
+
 # ------------------------------------------------------ self-consistency
 
 
