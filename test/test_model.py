@@ -176,6 +176,30 @@ def test_build_model_rejects_bad_config():
         build_model({**default_config(), "d_model": 512})
 
 
+def test_subsampling_channels_flag():
+    """--subsampling-channels sizes the front end's convolutions and is saved
+    in the config only when it differs from icefall's 8,32,128 (so configs of
+    icefall-sized models stay as they were); a malformed value is refused."""
+    import argparse
+
+    from model import add_model_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    assert "subsampling_channels" not in config_from_args(parser.parse_args([]), 30)
+    args = parser.parse_args(["--subsampling-channels", "4,16,64", "--encoder-dim", "48",
+                              "--nhead", "4", "--num-encoder-layers", "1"])
+    config = config_from_args(args, 30)
+    assert config["subsampling_channels"] == [4, 16, 64]
+    convs = build_model(config).encoder.encoder_embed.conv
+    assert [tuple(convs[i].weight.shape) for i in (0, 3, 6)] == [(4, 1, 3, 3), (16, 4, 3, 3), (64, 16, 3, 3)]
+    out = build_model(config).encoder.encoder_embed.out
+    assert tuple(out.weight.shape) == (48, 64 * 19)  # 80 bins -> 19 after two stride-2 convs
+    for bad in ("4,16", "4,x,64", "0,16,64"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--subsampling-channels", bad])
+
+
 def test_small_model_trains_in_train_mode():
     """Training mode: dropout, layer bypass, balancers; gradients reach all
     parameters except the eps buffer."""

@@ -12,7 +12,7 @@ Layout (and state_dict names) as in icefall:
 
 import copy
 import math
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -39,19 +39,22 @@ class Conformer(nn.Module):
       dropout: dropout rate inside layers and on positional encodings.
       layer_dropout: probability, in training, that a layer is mostly bypassed.
       cnn_module_kernel: depthwise conv kernel size (odd).
+      subsampling_channels: channels of the three convolutions of
+        Conv2dSubsampling (icefall: 8, 32, 128).
     """
 
     def __init__(self, num_features: int, subsampling_factor: int = 4,
                  d_model: int = 256, nhead: int = 4, dim_feedforward: int = 2048,
                  num_encoder_layers: int = 12, dropout: float = 0.1,
-                 layer_dropout: float = 0.075, cnn_module_kernel: int = 31):
+                 layer_dropout: float = 0.075, cnn_module_kernel: int = 31,
+                 subsampling_channels: Sequence[int] = (8, 32, 128)):
         super().__init__()
         if subsampling_factor != 4:
             raise ValueError(f"subsampling_factor must be 4, got {subsampling_factor}")
         self.num_features = num_features
         self.subsampling_factor = subsampling_factor
         self.d_model = d_model
-        self.encoder_embed = Conv2dSubsampling(num_features, d_model)
+        self.encoder_embed = Conv2dSubsampling(num_features, d_model, *subsampling_channels)
         self.encoder_pos = RelPositionalEncoding(d_model, dropout)
         layer = ConformerEncoderLayer(d_model, nhead, dim_feedforward, dropout,
                                       layer_dropout, cnn_module_kernel)
