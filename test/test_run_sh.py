@@ -76,6 +76,7 @@ def test_rerun_resumes_after_the_last_epoch(recipe):
 @pytest.mark.parametrize("flags, message", [
     (["--avg", "0"], "--avg must be a whole number >= 1, got '0'"),
     (["--num-epochs", "two"], "--num-epochs must be a whole number >= 1, got 'two'"),
+    (["--use-bf16", "maybe"], "--use-bf16 must be true, false or auto, got 'maybe'"),
 ])
 def test_bad_epoch_flags_fail_before_anything_runs(tmp_path, flags, message):
     workdir = REPO / "egs/synth/ASR"

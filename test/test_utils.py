@@ -95,3 +95,14 @@ def test_metrics_tracker_sum_keeps_the_order_of_the_keys():
     for total in (MetricsTracker() + a, a * 0.5 + a, a + b):
         assert list(total)[:5] == ["frames", "loss", "simple_loss", "pruned_loss", "ctc_loss"]
     assert list(a + b) == list(a) + ["extra"]
+
+
+def test_cpu_bf16_detection_reads_the_flags():
+    from icefall.precision import cpu_has_bf16
+
+    base = "processor\t: 0\nmodel name\t: X\nflags\t\t: fpu sse2 avx2 avx512f avx512bw"
+    assert cpu_has_bf16(base) is False  # AVX512 alone: bfloat16 would be emulated
+    assert cpu_has_bf16(base + " avx512_bf16\n") is True
+    assert cpu_has_bf16(base + " amx_tile amx_bf16\n") is True
+    assert cpu_has_bf16(base.replace("flags", "bugs") + " amx_bf16") is False
+    assert cpu_has_bf16("") is False

@@ -91,8 +91,10 @@ beam_size=4
 # Stage 2 decodes with both.
 max_sym_per_frame=3
 # Autocast the model to bfloat16 in training (master weights and the losses
-# stay float32). On CPUs with AMX or AVX512-BF16 it is much faster.
-use_bf16=False
+# stay float32): true, false, or auto (true where the CPU has AVX512-BF16 or
+# AMX, or the GPU supports bfloat16; without them bfloat16 is emulated and
+# slower). RESULTS.md has what it changes.
+use_bf16=auto
 
 __option_names="stage stop_stage num_train num_dev num_test heldout vocab_size exp_dir num_epochs avg
   max_duration num_encoder_layers encoder_dim nhead dim_feedforward decoder_dim joiner_dim
@@ -133,6 +135,10 @@ last_epoch() {
   echo "$last"
 }
 
+case "${use_bf16,,}" in
+  auto | true | false | yes | no | 1 | 0) ;;
+  *) echo "$0: --use-bf16 must be true, false or auto, got '$use_bf16'" >&2; exit 2 ;;
+esac
 lang_dir=data/lang_bpe_${vocab_size}
 recipe=./pruned_transducer_stateless3
 start_time=$(date +%s)
@@ -144,6 +150,10 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
 fi
 
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
+  if [ "${use_bf16,,}" = auto ]; then
+    use_bf16=$($python -m icefall.precision)
+    log "Stage 1: --use-bf16 auto: $use_bf16 on this machine"
+  fi
   train() {
     $python $recipe/train.py \
       --world-size "$world_size" \
