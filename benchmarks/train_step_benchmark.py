@@ -7,9 +7,15 @@ same sizes, the recursion alone (forward + backward), and prints both.
 
   python benchmarks/train_step_benchmark.py            # B=16, T=400 after subsampling, S=100
   python benchmarks/train_step_benchmark.py --threads 1
+
+With --compare, it times the step instead in float32 and in bfloat16
+autocast (as train.py --use-bf16), with icefall's front end (8,32,128) and
+run.sh's lighter one (4,16,64), and prints the four times and their ratios
+to float32 with icefall's front end (measured in the same run).
 """
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -47,22 +53,46 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--compare", action="store_true",
+                        help="time float32 against bfloat16 autocast, with both front ends")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     B, T, S = args.batch, args.frames, args.symbols
-    model = build_model({**SMALL, "vocab_size": args.vocab}).train()
-    optimizer = Eve(model.parameters(), lr=1e-3)
     x = torch.randn(B, 4 * T + 7, 80)  # ((T_in - 7) // 2 + 1) // 2 = T
     x_lens = torch.full((B,), x.size(1))
     y = torch.randint(1, args.vocab, (B, S)).tolist()
 
-    def step():
-        simple, pruned = model(x, x_lens, y, prune_range=5, am_scale=0.0, lm_scale=0.25, warmup=2.0)
-        (0.5 * simple + pruned).backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    def make_step(bf16: bool = False, channels=(8, 32, 128)):
+        torch.manual_seed(0)
+        model = build_model({**SMALL, "vocab_size": args.vocab,
+                             "subsampling_channels": list(channels)}).train()
+        optimizer = Eve(model.parameters(), lr=1e-3)
+
+        def step():
+            autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+            with autocast:
+                simple, pruned = model(x, x_lens, y, prune_range=5, am_scale=0.0, lm_scale=0.25,
+                                       warmup=2.0)
+            (0.5 * simple + pruned).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+        return step, model
+
+    if args.compare:
+        print(f"B={B} T={T} S={S} vocab={args.vocab} threads={args.threads}: training step")
+        base = None
+        for bf16 in (False, True):
+            for channels in ((8, 32, 128), (4, 16, 64)):
+                t = median_time(make_step(bf16, channels)[0], args.runs)
+                base = base or t
+                print(f"  {'bfloat16 autocast' if bf16 else 'float32          '}  front end "
+                      f"{','.join(map(str, channels)):9s}  {t:.3f} s  ({base / t:.2f}x)")
+        return
+
+    step, model = make_step()
 
     px = (torch.randn(B, S, T + 1) - 1).requires_grad_()
     py = (torch.randn(B, S + 1, T) - 1).requires_grad_()
