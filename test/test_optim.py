@@ -98,6 +98,48 @@ def test_eve_minimises_quadratic():
     assert loss().item() - ((A @ best - b) ** 2).mean().item() < 1e-3
 
 
+def _eve_by_hand(p, m, v, g, step, lr, betas, eps, wd, target_rms):
+    """One Eve update of one tensor, in float64, written from the formulas."""
+    m = betas[0] * m + (1 - betas[0]) * g
+    v = betas[1] * v + (1 - betas[1]) * g * g
+    m_hat, v_hat = m / (1 - betas[0] ** step), v / (1 - betas[1] ** step)
+    if p.numel() > 1 and p.pow(2).mean().sqrt() > target_rms:
+        p = p * (1 - wd)
+    p = p - lr * m_hat / (v_hat.sqrt() + eps)
+    if p.numel() == 1:
+        p = p.clamp(-10.0, 2.0)
+    return p, m, v
+
+
+def test_eve_many_steps_match_formulas_per_tensor():
+    """Tensors of several sizes (one scalar, one above and one below the
+    target rms, one often without a gradient so its step count lags) over 12
+    steps against a float64 per-tensor implementation of the formulas."""
+    torch.manual_seed(0)
+    shapes = [(5, 7), (3,), (), (4, 4), (6,)]
+    init = [torch.randn(s) * (0.5 if i == 0 else 0.02) for i, s in enumerate(shapes)]
+    params = [torch.nn.Parameter(t.clone()) for t in init]
+    lr, betas, eps, wd, target = 0.03, (0.9, 0.98), 1e-8, 0.01, 0.1
+    opt = Eve(params, lr=lr, betas=betas, eps=eps, weight_decay=wd, target_rms=target)
+    ref = [[t.double(), torch.zeros_like(t, dtype=torch.float64),
+            torch.zeros_like(t, dtype=torch.float64), 0] for t in init]
+    for it in range(12):
+        for i, p in enumerate(params):
+            p.grad = None if (i == 4 and it % 3 != 0) else torch.randn(p.shape)
+        opt.step()
+        for i, p in enumerate(params):
+            if p.grad is None:
+                continue
+            r = ref[i]
+            r[3] += 1
+            r[0], r[1], r[2] = _eve_by_hand(r[0], r[1], r[2], p.grad.double(), r[3],
+                                            lr, betas, eps, wd, target)
+    for p, r in zip(params, ref):
+        torch.testing.assert_close(p.data.double(), r[0], rtol=1e-5, atol=1e-6)
+    assert opt.state[params[4]]["step"] == 4 and opt.state[params[0]]["step"] == 12
+    assert params[0].data.pow(2).mean().sqrt() < init[0].pow(2).mean().sqrt()  # decayed
+
+
 def test_eve_state_dict_round_trip():
     torch.manual_seed(0)
     x, y = torch.randn(16, 4), torch.randn(16, 2)
