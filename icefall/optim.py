@@ -488,6 +488,22 @@ class Eden(LRScheduler):
         return [lr * (batch_factor * epoch_factor) * warmup for lr in self.base_lrs]
 
 
+def cooldown_factor(epoch: int, batch_in_epoch: int, batches_per_epoch: int,
+                    num_epochs: int, cooldown_epochs: float) -> float:
+    """The learning-rate multiplier of a linear cooldown over the last
+    `cooldown_epochs` of `num_epochs` (warmup-stable-decay's decay phase):
+    1 before it, then falling linearly to 0 at the end of epoch `num_epochs`.
+
+    `epoch` counts from 1 and `batch_in_epoch` batches of it are done; with
+    `batches_per_epoch` unknown (0) the epoch counts as just begun.
+    """
+    if cooldown_epochs <= 0:
+        return 1.0
+    within = min(batch_in_epoch / batches_per_epoch, 1.0) if batches_per_epoch > 0 else 0.0
+    left = num_epochs - (epoch - 1 + within)
+    return max(0.0, min(1.0, left / cooldown_epochs))
+
+
 def get_parameter_groups_with_lrs(model: nn.Module, lr: float, include_names: bool = False,
                                   freeze_modules: List[str] = []) -> List[Dict]:
     """Parameter groups for ScaledAdam with per-module learning rates.

@@ -138,6 +138,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, exp_dir: str) -> Non
     g.add_argument("--max-batches", type=int, default=0, help="stop after this many batches in all (0: no limit)")
     g.add_argument("--min-duration", type=float, default=1.0, help="drop shorter training cuts (seconds)")
     g.add_argument("--max-cut-duration", type=float, default=20.0, help="drop longer training cuts (seconds)")
+    g.add_argument("--lr-cooldown-epochs", type=float, default=0.0,
+                   help="over the last N of --num-epochs, scale the scheduler's learning rate down linearly "
+                        "to 0 at the end (0: no cooldown, as icefall; at most --num-epochs - 1)")
 
 
 def finish_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -164,6 +167,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise TrainingError("--use-fp16 and --use-bf16 exclude each other: choose one")
     if args.start_epoch > args.num_epochs:
         raise TrainingError(f"--start-epoch {args.start_epoch} is after --num-epochs {args.num_epochs}")
+    if not 0 <= args.lr_cooldown_epochs <= args.num_epochs - 1:
+        # The first epoch measures how many batches an epoch has.
+        raise TrainingError(f"--lr-cooldown-epochs must be in [0, --num-epochs - 1 = {args.num_epochs - 1}], "
+                            f"got {args.lr_cooldown_epochs}")
     if args.max_batches and args.start_batch >= args.max_batches:
         raise TrainingError(f"--max-batches {args.max_batches} is not after --start-batch {args.start_batch}")
     if args.min_duration > args.max_cut_duration:
@@ -264,6 +271,7 @@ class Trainer:
         self.sp, self.rank, self.tb, self.config, self.stop = sp, rank, tb_writer, config, stop
         self.device = next(model.parameters()).device
         self.bad_in_a_row = 0
+        self.step_lr = 0.0  # the learning rate of the last update, for the log
         self.autocast_dtype = torch.bfloat16 if params.use_bf16 else torch.float16
         self.autocast = bool(params.use_bf16) or scaler.is_enabled()
         self.run_start = time.time()
@@ -321,7 +329,7 @@ class Trainer:
                 audio_seconds += float(batch["supervisions"]["num_frames"].sum()) * 0.01
                 tot = tot * (1 - 1 / 200) + info  # icefall's decaying running sum
                 if not self.recipe.step_scheduler_before_optimizer:
-                    self.scheduler.step_batch(p.batch_idx_train)
+                    self.step_scheduler()
                 if self.recipe.small_grad_scale and self.scaler.is_enabled():
                     self._grow_grad_scale(p.cur_batch_idx - 1)
                 if self.rank == 0 and p.batch_idx_train % p.average_period == 0:
@@ -359,7 +367,7 @@ class Trainer:
     def _log_batch(self, info, tot, batch_size: int, start: float, start_idx: int, audio_seconds: float) -> None:
         """``audio_seconds``: audio this process trained on since ``start``."""
         p = self.params
-        lr = max(self.scheduler.get_last_lr())
+        lr = self.step_lr
         per_epoch = p.batches_per_epoch or 0
         done = p.cur_batch_idx - start_idx
         per_batch = (time.time() - start) / max(done, 1)
@@ -398,6 +406,23 @@ class Trainer:
         model.train()
         return tot
 
+    def step_scheduler(self) -> None:
+        """The scheduler's per-batch step, then --lr-cooldown-epochs."""
+        self.scheduler.step_batch(self.params.batch_idx_train)
+        self.cool_down()
+
+    def cool_down(self) -> None:
+        """Scale the learning rates the scheduler just set by the cooldown
+        factor (the scheduler recomputes them from its base rates each step)."""
+        from icefall.optim import cooldown_factor
+
+        p = self.params
+        factor = cooldown_factor(p.cur_epoch, p.cur_batch_idx, p.batches_per_epoch or 0, p.num_epochs,
+                                 p.get("lr_cooldown_epochs", 0.0))
+        if factor < 1.0:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= factor
+
     def _step(self, loss, info: MetricsTracker) -> bool:
         """Backward + optimizer step; False (and no step) for a non-finite loss."""
         import torch
@@ -425,7 +450,8 @@ class Trainer:
         self.bad_in_a_row = 0
         self.scaler.scale(loss).backward()
         if self.recipe.step_scheduler_before_optimizer:
-            self.scheduler.step_batch(p.batch_idx_train)
+            self.step_scheduler()
+        self.step_lr = max(g["lr"] for g in self.optimizer.param_groups)  # logged: this update's rate
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad()
@@ -617,6 +643,7 @@ def _train_epochs(trainer: "Trainer", ckpt: Optional[Dict]) -> None:
             if not mid_epoch:
                 fix_random_seed(params.seed + epoch - 1)
                 params.cur_batch_idx = 0
+            trainer.cool_down()
             train_dl = data.train_dataloaders(trainer.train_cuts,
                                               sampler_state_dict=ckpt["sampler"] if mid_epoch else None)
             if not mid_epoch:

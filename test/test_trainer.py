@@ -208,3 +208,43 @@ def test_tensorboard_file_name_has_no_host_name(tmp_path):
     assert event_file.name.startswith("events.out.tfevents.")
     assert socket.gethostname() not in event_file.name
     assert socket.gethostname().encode() not in event_file.read_bytes()
+
+
+LR_LINE = re.compile(r"Epoch (\d+), batch (\d+)/(\d+) \(global (\d+)\).*?; lr ([\d.e+-]+);")
+
+
+def test_lr_cooldown_scales_the_schedule_down_to_zero_and_survives_a_resume(tiny_recipe):
+    """--lr-cooldown-epochs 2 of 3: the rate a batch's update used (the one
+    logged) over the plain run's is 1 in epoch 1 and (3 - epoch progress
+    before the batch) / 2 after it, worked out here from each line's epoch,
+    batch and batches per epoch; a mid-epoch resume in the cooldown logs the
+    same rates and losses."""
+    common = ["--num-epochs", "3", "--log-interval", "1", "--tensorboard", "False", "--save-every-n", "4"]
+    plain = {int(m[3]): m for m in LR_LINE.findall(tiny_recipe.train("exp_cool_plain", *common).stderr)}
+    out = tiny_recipe.train("exp_cool", *common, "--lr-cooldown-epochs", "2").stderr
+    cool = {int(m[3]): m for m in LR_LINE.findall(out)}
+    assert sorted(cool) == sorted(plain) and len(cool) >= 9
+    for g, (epoch, batch, per_epoch, _, lr) in cool.items():
+        e, b, n = int(epoch), int(batch), int(per_epoch)
+        expected = 1.0 if e == 1 else max(0.0, min(1.0, (3 - (e - 1 + min((b - 1) / n, 1.0))) / 2))
+        assert float(lr) == pytest.approx(float(plain[g][4]) * expected, rel=2e-3, abs=1e-9), (g, lr, expected)
+    last = max(cool)
+
+    # Stop at a checkpoint inside the cooldown, resume from it.
+    resume_at = max(g for g in cool if g % 4 == 0 and int(cool[g][0]) >= 2 and g < last)
+    tiny_recipe.train("exp_cool_part", *common, "--lr-cooldown-epochs", "2", "--max-batches", str(resume_at))
+    resumed = tiny_recipe.train("exp_cool_part", *common, "--lr-cooldown-epochs", "2",
+                                "--start-batch", str(resume_at)).stderr
+    again = {int(m[3]): m for m in LR_LINE.findall(resumed)}
+    assert sorted(again) == [g for g in sorted(cool) if g > resume_at]
+    for g in again:
+        assert again[g][4] == cool[g][4], (g, again[g], cool[g])
+    a, b = batch_losses(out), batch_losses(resumed)
+    for g in again:
+        assert all(abs(x - y) <= 1e-5 * max(1.0, abs(x)) for x, y in zip(a[g], b[g])), (g, a[g], b[g])
+
+
+def test_lr_cooldown_longer_than_the_run_is_refused(tiny_recipe):
+    line = one_line_error(tiny_recipe.train("exp_cool_bad", "--num-epochs", "2", "--lr-cooldown-epochs", "2",
+                                            check=False))
+    assert "--lr-cooldown-epochs must be in [0, --num-epochs - 1 = 1], got 2.0" in line
