@@ -75,6 +75,9 @@ subsampling_channels=4,16,64
 initial_lr=0.005
 lr_batches=5000
 lr_epochs=1
+# Over the last N epochs the learning rate falls linearly to 0 (train.py
+# --lr-cooldown-epochs; 0: Eden's schedule alone).
+lr_cooldown_epochs=0
 model_warm_step=100
 average_period=10
 dropout=0.0
@@ -105,7 +108,7 @@ use_bf16=auto
 
 __option_names="stage stop_stage num_train num_dev num_test heldout vocab_size exp_dir num_epochs avg
   max_duration num_encoder_layers encoder_dim nhead dim_feedforward decoder_dim joiner_dim
-  initial_lr lr_batches lr_epochs model_warm_step average_period dropout layer_dropout phase2_epoch
+  initial_lr lr_batches lr_epochs lr_cooldown_epochs model_warm_step average_period dropout layer_dropout phase2_epoch
   phase2_lr_epochs world_size num_workers beam_size max_sym_per_frame use_bf16
   subsampling_channels"
 . "$here/../../shared/parse_options.sh"
@@ -198,14 +201,16 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   fi
   if [ "$done_epochs" -lt "$plain" ]; then
     log "Stage 1: train epochs $((done_epochs + 1))-$plain into $exp_dir (phase 1: no SpecAugment)"
+    # The cooldown belongs to the call that trains the last epoch.
+    cooldown=$([ "$plain" -eq "$num_epochs" ] && echo "$lr_cooldown_epochs" || echo 0)
     train --start-epoch $((done_epochs + 1)) --num-epochs "$plain" --enable-spec-aug False \
-      --lr-epochs "$lr_epochs"
+      --lr-epochs "$lr_epochs" --lr-cooldown-epochs "$cooldown"
   fi
   first=$(( done_epochs > plain ? done_epochs + 1 : plain + 1 ))
   if [ "$num_epochs" -ge "$first" ]; then
     log "Stage 1: train epochs $first-$num_epochs into $exp_dir (phase 2: SpecAugment)"
     train --start-epoch "$first" --num-epochs "$num_epochs" --enable-spec-aug True \
-      --lr-epochs "$phase2_lr_epochs"
+      --lr-epochs "$phase2_lr_epochs" --lr-cooldown-epochs "$lr_cooldown_epochs"
   fi
 fi
 
