@@ -100,6 +100,7 @@ def compute_and_store_fbank(
     num_jobs: int = 1,
     perturb_speed: bool = False,
     progress_bar: bool = True,
+    min_cuts_per_job: int = 5000,
 ):
     """Compute fbank features of a lhotse ``CutSet`` and store them with
     ``LilcomChunkyWriter`` under ``storage_path``.
@@ -108,9 +109,12 @@ def compute_and_store_fbank(
       cuts: a ``CutSet`` with recordings (e.g. ``CutSet.from_manifests(...)``).
       storage_path: the feature archive path (``.lca`` is added by lhotse);
         with ``num_jobs > 1`` lhotse writes one archive per job in a directory.
-      num_jobs: worker processes (fewer for small sets: one per 20000 cuts).
+      num_jobs: worker processes (fewer for small sets: one per
+        `min_cuts_per_job` cuts).
       perturb_speed: as icefall's ``compute_fbank_librispeech.py``, store
         ``cuts + cuts.perturb_speed(0.9) + cuts.perturb_speed(1.1)``.
+      min_cuts_per_job: a worker costs seconds to start (importing torch and
+        lhotse), so small sets use fewer jobs.
 
     Returns:
       the ``CutSet`` with features attached (eager; write it with ``to_file``).
@@ -119,10 +123,8 @@ def compute_and_store_fbank(
 
     if perturb_speed:
         cuts = cuts + cuts.perturb_speed(0.9) + cuts.perturb_speed(1.1)
-    # A worker costs seconds to start (importing torch, lhotse) and the pool
-    # was slower than one process on 2 busy cores for 2000 cuts: only use it
-    # for large sets (one job per 20000 cuts).
-    num_jobs = max(1, min(num_jobs, len(cuts) // 20000))
+    # The pool was slower than one process on 2 busy cores for 2000 cuts.
+    num_jobs = max(1, min(num_jobs, len(cuts) // max(1, min_cuts_per_job)))
     # One torch thread per job: the jobs are the parallelism (as icefall does).
     # Workers must set it themselves: with torch's default threads per worker
     # the pool was 20x slower than one process on a 2-core machine.

@@ -4,6 +4,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -48,6 +49,22 @@ def fbank_dir(tmp_path_factory):
         cuts = compute_and_store_fbank(cuts, out / f"synth_feats_{split}", progress_bar=False)
         cuts.to_file(out / f"synth_cuts_{split}.jsonl.gz")
     return out
+
+
+def test_fbank_with_two_jobs_stores_the_same_features(fbank_dir, tmp_path):
+    """The worker pool (one archive per job) against one process."""
+    from lhotse import CutSet
+
+    from icefall.features import compute_and_store_fbank
+
+    cuts = CutSet.from_file(fbank_dir / "synth_cuts_dev.jsonl.gz").drop_features()
+    one = compute_and_store_fbank(cuts, tmp_path / "one", num_jobs=1, progress_bar=False)
+    two = compute_and_store_fbank(cuts, tmp_path / "two", num_jobs=2, progress_bar=False, min_cuts_per_job=2)
+    assert (tmp_path / "two").is_dir() and len(list((tmp_path / "two").iterdir())) == 2  # one per job
+    by_id = {c.id: c for c in two}
+    assert sorted(by_id) == sorted(c.id for c in one)
+    for c in one:
+        assert np.array_equal(c.load_features(), by_id[c.id].load_features()), c.id
 
 
 def sid(cut) -> str:
