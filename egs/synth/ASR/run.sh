@@ -122,6 +122,12 @@ for flag in num_epochs avg phase2_epoch; do
     exit 2
   fi
 done
+if ! awk -v c="$lr_cooldown_epochs" -v n="$num_epochs" \
+    'BEGIN { exit !(c ~ /^[0-9]*\.?[0-9]+$/ && c + 0 <= n - 1) }'; then
+  echo "$0: --lr-cooldown-epochs must be a number from 0 to --num-epochs - 1 = $((num_epochs - 1))," \
+    "got '$lr_cooldown_epochs'" >&2
+  exit 2
+fi
 use_averaged_model=True
 if [ "$num_epochs" -eq 1 ]; then
   [ "$avg" -ne 1 ] && log "--num-epochs 1: no averaging (--avg $avg lowered to 1)"
