@@ -76,8 +76,10 @@ initial_lr=0.005
 lr_batches=5000
 lr_epochs=1
 # Over the last N epochs the learning rate falls linearly to 0 (train.py
-# --lr-cooldown-epochs; 0: Eden's schedule alone).
-lr_cooldown_epochs=0
+# --lr-cooldown-epochs; 0: Eden's schedule alone). Over the last 2 of 4
+# epochs it cut the validation loss by a third and the held-out WER by about
+# a point (RESULTS.md).
+lr_cooldown_epochs=2
 model_warm_step=100
 average_period=10
 dropout=0.0
