@@ -3,7 +3,7 @@
 #
 #   cd egs/synth/ASR && ./run.sh
 #
-# Under 30 minutes on 2 idle CPU cores with the defaults (18,000 utterances,
+# About 23-28 minutes on 2 idle CPU cores with the defaults (18,000 utterances,
 # 4 epochs, bfloat16 where the CPU has it); RESULTS.md has the WERs and what
 # other set-ups give.
 #
@@ -77,8 +77,8 @@ lr_batches=5000
 lr_epochs=1
 # Over the last N epochs the learning rate falls linearly to 0 (train.py
 # --lr-cooldown-epochs; 0: Eden's schedule alone). Over the last 2 of 4
-# epochs it cut the validation loss by a third and the held-out WER by about
-# a point (RESULTS.md).
+# epochs it cut the validation loss by a third; the WER moved by a point or
+# less, within the run-to-run variation (RESULTS.md).
 lr_cooldown_epochs=2
 model_warm_step=100
 average_period=10
