@@ -77,8 +77,7 @@ def test_rerun_resumes_after_the_last_epoch(recipe):
     (["--avg", "0"], "--avg must be a whole number >= 1, got '0'"),
     (["--num-epochs", "two"], "--num-epochs must be a whole number >= 1, got 'two'"),
     (["--use-bf16", "maybe"], "--use-bf16 must be true, false or auto, got 'maybe'"),
-    (["--num-epochs", "4", "--lr-cooldown-epochs", "4"], "--lr-cooldown-epochs must be a number from 0 to --num-epochs - 1 = 3, got '4'"),
-    (["--num-epochs", "4", "--lr-cooldown-epochs", "x"], "--lr-cooldown-epochs must be a number from 0 to --num-epochs - 1 = 3, got 'x'"),
+    (["--lr-cooldown-epochs", "x"], "--lr-cooldown-epochs must be a number >= 0, got 'x'"),
 ])
 def test_bad_epoch_flags_fail_before_anything_runs(tmp_path, flags, message):
     workdir = REPO / "egs/synth/ASR"
