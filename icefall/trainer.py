@@ -4,8 +4,8 @@ A recipe describes only what is its own (a :class:`Recipe`): its flags, how
 to build the model and the optimizer/scheduler, its loss, and how many
 frames its encoder keeps. Everything else lives here once: the shared flags,
 resume, the epoch loop, non-finite batch skipping agreed by all DDP ranks,
-validation, ``best-*.pt``, the running-average model, checkpoints,
-TensorBoard, progress with an ETA, the exp-dir lock, SIGINT/SIGTERM, and the
+validation, ``best-*.pt``, the running-average model, checkpoints, the
+learning-rate cooldown, TensorBoard, progress with an ETA, the exp-dir lock, SIGINT/SIGTERM, and the
 DDP launch (``--world-size N`` spawns; ``torchrun`` works too). ::
 
     def main():
