@@ -146,3 +146,62 @@ def write_wer_summary(filename: Union[str, Path], wers: Dict[str, float]) -> Non
         print("settings\tWER", file=f)
         for key, wer in sorted(wers.items(), key=lambda x: x[1]):
             print(f"{key}\t{wer}", file=f)
+
+
+def load_transcripts(filename: Union[str, Path]) -> List[Result]:
+    """Read a ``recogs-*.txt`` written by :func:`store_transcripts`.
+
+    Raises:
+      ValueError: naming the file and line that is not a ``ref=``/``hyp=`` line
+        of that format, or an utterance without both.
+    """
+    import ast
+
+    refs: Dict[str, List[str]] = {}
+    hyps: Dict[str, List[str]] = {}
+    with open(filename, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            cut_id, sep, rest = line.rstrip("\n").partition(":\t")
+            kind, _, words = rest.partition("=")
+            try:
+                value = ast.literal_eval(words) if sep and kind in ("ref", "hyp") else None
+            except (ValueError, SyntaxError):
+                value = None
+            if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
+                raise ValueError(f"{filename}:{n}: not a recogs line (CUT_ID:<TAB>ref=[...] or hyp=[...])")
+            (refs if kind == "ref" else hyps)[cut_id] = value
+    if refs.keys() != hyps.keys():
+        missing = sorted(refs.keys() ^ hyps.keys())
+        raise ValueError(f"{filename}: {len(missing)} utterance(s) without both ref= and hyp=, e.g. {missing[0]}")
+    return [(cut_id, refs[cut_id], hyps[cut_id]) for cut_id in refs]
+
+
+def errors_by_word_count(
+    results: Sequence[Result], counts: Dict[str, int], edges: Sequence[int] = (1, 5, 20, 100)
+) -> List[Tuple[str, int, int]]:
+    """How often reference words are missed, by how often each word occurs in
+    another text (e.g. the training transcripts).
+
+    A reference word is missed when the alignment substitutes or deletes it.
+    ``edges`` split the counts into bins ``[0, e0), [e0, e1), ..., [e_last, inf)``.
+
+    Returns:
+      ``[(bin label, reference words in the bin, missed words in the bin)]``,
+      labels such as ``"0"``, ``"1-4"``, ``"100+"``.
+    """
+    import bisect
+
+    bounds = [0, *edges]
+    labels = [f"{lo}" if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in zip(bounds, bounds[1:])]
+    labels.append(f"{bounds[-1]}+")
+    total, missed = [0] * len(labels), [0] * len(labels)
+    for _, ref, hyp in results:
+        for r, h in kaldialign.align(list(ref), list(hyp), EPS):
+            if r == EPS:
+                continue  # an insertion belongs to no reference word
+            i = bisect.bisect_right(bounds, counts.get(r, 0)) - 1
+            total[i] += 1
+            missed[i] += r != h
+    return list(zip(labels, total, missed))
