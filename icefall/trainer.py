@@ -253,6 +253,18 @@ def _fmt(t: MetricsTracker) -> str:
     return ", ".join(f"{k} {v:.6g}" for k, v in n.items() if k != "utterances")
 
 
+def refine_epoch_estimate(estimate: int, batch_idx: int, batches_done: int, audio_done: float,
+                          epoch_audio: float) -> int:
+    """Batches in an epoch not yet seen end to end: ``estimate`` (the epoch's
+    audio over --max-duration) until batches have been trained, then the
+    epoch's audio per process ``epoch_audio`` over the audio per batch so far
+    (``audio_done`` seconds in ``batches_done`` batches; bucketed batches are
+    not filled to --max-duration), and never below ``batch_idx``."""
+    if batches_done > 0 and audio_done > 0 and epoch_audio > 0:
+        estimate = round(epoch_audio * batches_done / audio_done)
+    return max(estimate, batch_idx)
+
+
 def _hms(seconds: float) -> str:
     seconds = int(max(0, seconds))
     h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
@@ -349,6 +361,7 @@ class Trainer:
                 f"{p.max_duration} and --num-buckets {p.num_buckets} (with --drop-last {p.drop_last})"
             )
         p.batches_per_epoch = p.cur_batch_idx
+        p.epoch_audio_estimate = 0  # the epoch's length is known now
         elapsed = time.time() - start
         throughput = all_reduce_sum(torch.tensor([audio_seconds], dtype=torch.float64)).item()
         logging.info(
@@ -370,6 +383,9 @@ class Trainer:
         lr = self.step_lr
         per_epoch = p.batches_per_epoch or 0
         done = p.cur_batch_idx - start_idx
+        if per_epoch and getattr(p, "epoch_audio_estimate", 0):
+            per_epoch = refine_epoch_estimate(per_epoch, p.cur_batch_idx, done, audio_seconds,
+                                              p.epoch_audio_estimate)
         per_batch = (time.time() - start) / max(done, 1)
         progress, eta = f"{p.cur_batch_idx}", ""
         if per_epoch:
@@ -626,6 +642,7 @@ def _data(params, args, recipe: Recipe, sp, rank: int, world_size: int):
         logging.info(valid_keep.summary("validation set"))
         if not params.batches_per_epoch:  # an estimate until an epoch has been seen
             params.batches_per_epoch = max(1, math.ceil(train_seconds / params.max_duration / world_size))
+            params.epoch_audio_estimate = train_seconds / world_size  # refined as batches are seen
     return data, train_cuts.filter(train_keep), data.valid_dataloaders(valid_cuts.filter(valid_keep))
 
 

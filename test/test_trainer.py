@@ -248,3 +248,16 @@ def test_lr_cooldown_longer_than_the_run_is_refused(tiny_recipe):
     line = one_line_error(tiny_recipe.train("exp_cool_bad", "--num-epochs", "2", "--lr-cooldown-epochs", "2",
                                             check=False))
     assert "--lr-cooldown-epochs must be in [0, --num-epochs - 1 = 1], got 2.0" in line
+
+
+def test_first_epoch_length_estimate_follows_the_batches_seen():
+    from icefall.trainer import refine_epoch_estimate
+
+    # 50,000 s of audio per process, --max-duration 25: 2000 batches if full;
+    # batches seen so far hold 23 s each on average -> 2174.
+    assert refine_epoch_estimate(2000, 0, 0, 0.0, 50_000.0) == 2000
+    assert refine_epoch_estimate(2000, 100, 100, 2300.0, 50_000.0) == 2174
+    # resumed at batch 500: 20 batches of 20 s since -> 2500
+    assert refine_epoch_estimate(2000, 520, 20, 400.0, 50_000.0) == 2500
+    # never below the batches already trained
+    assert refine_epoch_estimate(2000, 2100, 100, 2600.0, 50_000.0) == 2100
