@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:
 from icefall.beam_search import _decoder_proj, greedy_search_batch, modified_beam_search  # noqa
 from icefall.streaming_decoder import LOG_EPS, StreamingDecoder, decode_streams  # noqa: E402
 from icefall.streaming_features import OnlineFeatures  # noqa: E402
+from icefall.wer import load_transcripts  # noqa: E402
 from recipe_fixture import import_recipe  # noqa: E402
 
 RECIPE_MODULES = ("scaling_schedule", "scaling_grad", "scaling", "subsampling", "zipformer",
@@ -370,11 +371,7 @@ def test_streaming_decode_script_writes_icefalls_result_files(checkpoint, model,
     suffix = f"test-{key}-pretrained-chunk-16-left-context-64.txt"
     for kind in ("recogs", "errs", "wer-summary"):
         assert (res / f"{kind}-{suffix}").is_file(), kind
-    hyps = {}
-    for line in (res / f"recogs-{suffix}").read_text().splitlines():
-        cut_id, rest = line.split(":\t", 1)
-        if rest.startswith("hyp="):
-            hyps[cut_id] = eval(rest[4:])
+    hyps = {cut_id: hyp for cut_id, _, hyp in load_transcripts(res / f"recogs-{suffix}")}
     table = read_tokens(checkpoint.tokens)
     for cut_id, f in feats.items():
         assert hyps[cut_id] == table.decode(simulated(model, f, method)).split(), cut_id
