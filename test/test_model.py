@@ -237,8 +237,14 @@ def test_dropout_config_reaches_every_layer():
         assert torch.equal(train_out, eval_out) == same
 
 
-def _brute_force_rnnt_loss(model, enc, enc_lens, y):
-    """Full RNN-T loss by dynamic programming over the whole lattice."""
+def _brute_force_rnnt_loss(model, enc, enc_lens, y, modified=False):
+    """Full RNN-T loss by dynamic programming over the whole lattice.
+
+    Regular: a token keeps the frame (alpha[t, s-1] -> alpha[t, s]), blank
+    moves to the next one; the path ends with a blank on the last frame.
+    Modified: a token also moves to the next frame (alpha[t-1, s-1] ->
+    alpha[t, s], one token per frame at most); alpha[t, s] is the state
+    after frame t-1, and the path ends after the last frame."""
     losses = []
     with torch.no_grad():
         for b, ids in enumerate(y):
@@ -248,6 +254,16 @@ def _brute_force_rnnt_loss(model, enc, enc_lens, y):
             lp = model.joiner(enc[b, :T].unsqueeze(1), dec.unsqueeze(0)).log_softmax(-1)
             blank = lp[:, :, model.decoder.blank_id].double()            # [T, S+1]
             emit = torch.stack([lp[:, s, ids[s]] for s in range(S)], 1).double()
+            if modified:
+                alpha = torch.full((T + 1, S + 1), -math.inf, dtype=torch.float64)
+                alpha[0, 0] = 0.0
+                for t in range(1, T + 1):
+                    for s in range(S + 1):
+                        a = alpha[t - 1, s] + blank[t - 1, s]
+                        e = alpha[t - 1, s - 1] + emit[t - 1, s - 1] if s > 0 else -math.inf
+                        alpha[t, s] = torch.logaddexp(torch.as_tensor(a), torch.as_tensor(e))
+                losses.append(-alpha[T, S])
+                continue
             alpha = torch.full((T, S + 1), -math.inf, dtype=torch.float64)
             for t in range(T):
                 for s in range(S + 1):
@@ -259,6 +275,21 @@ def _brute_force_rnnt_loss(model, enc, enc_lens, y):
                     alpha[t, s] = torch.logaddexp(torch.as_tensor(a), torch.as_tensor(e))
             losses.append(-(alpha[T - 1, S] + blank[T - 1, S]))
     return torch.stack(losses)
+
+
+def test_forward_loss_modified_topology(ref, small_model):
+    """rnnt_type="modified" (at most one token per frame): with prune_range
+    > S the pruned loss is the full modified loss, checked against brute
+    force, and differs from the regular loss."""
+    model = small_model
+    x, x_lens, y = ref["inputs"]["x"], ref["inputs"]["x_lens"], ref["inputs"]["y"]
+    enc, enc_lens = ref["outputs"]["encoder_out"], ref["outputs"]["encoder_out_lens"]
+    prune_range = max(len(ids) for ids in y) + 1
+    simple, pruned = model(x, x_lens, y, prune_range=prune_range, reduction="none", rnnt_type="modified")
+    want = _brute_force_rnnt_loss(model, enc, enc_lens, y, modified=True).float()
+    torch.testing.assert_close(pruned, want, rtol=1e-4, atol=1e-3)
+    regular = _brute_force_rnnt_loss(model, enc, enc_lens, y).float()
+    assert torch.all((want - regular).abs() > 1e-2), (want, regular)
 
 
 def test_forward_loss(ref, small_model):

@@ -85,6 +85,11 @@ model_warm_step=100
 average_period=10
 dropout=0.0
 layer_dropout=0.0
+# Transducer topology of the training losses (train.py --rnnt-type): regular
+# (icefall's: any number of tokens on one 40 ms frame) or modified (at most
+# one, as greedy search with --max-sym-per-frame 1, modified beam search and
+# sherpa-onnx decode).
+rnnt_type=regular
 # Training runs in up to two phases (train.py is called twice, the second
 # call resuming from the first one's last epoch):
 #   epochs 1 .. phase2_epoch-1: no SpecAugment, no dropout, Eden's decay over
@@ -111,7 +116,7 @@ use_bf16=auto
 
 __option_names="stage stop_stage num_train num_dev num_test heldout vocab_size exp_dir num_epochs avg
   max_duration num_encoder_layers encoder_dim nhead dim_feedforward decoder_dim joiner_dim
-  initial_lr lr_batches lr_epochs lr_cooldown_epochs model_warm_step average_period dropout layer_dropout phase2_epoch
+  initial_lr lr_batches lr_epochs lr_cooldown_epochs model_warm_step average_period dropout layer_dropout rnnt_type phase2_epoch
   phase2_lr_epochs world_size num_workers beam_size max_sym_per_frame use_bf16
   subsampling_channels"
 . "$here/../../shared/parse_options.sh"
@@ -196,6 +201,7 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
       --model-warm-step "$model_warm_step" \
       --dropout "$dropout" \
       --layer-dropout "$layer_dropout" \
+      --rnnt-type "$rnnt_type" \
       --average-period "$average_period" \
       --use-bf16 "$use_bf16" \
       --save-every-n 200 \

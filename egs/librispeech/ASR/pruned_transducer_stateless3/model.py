@@ -79,7 +79,8 @@ class Transducer(nn.Module):
 
     def forward(self, x: Tensor, x_lens: Tensor, y: List[List[int]],
                 prune_range: int = 5, am_scale: float = 0.0, lm_scale: float = 0.0,
-                warmup: float = 1.0, reduction: str = "sum") -> Tuple[Tensor, Tensor]:
+                warmup: float = 1.0, reduction: str = "sum",
+                rnnt_type: str = "regular") -> Tuple[Tensor, Tensor]:
         """
         Args:
           x: features [B, T, F].
@@ -91,6 +92,10 @@ class Transducer(nn.Module):
             smoothed simple loss.
           warmup: training progress for layer bypassing (see Conformer).
           reduction: "sum" for scalars, "none" for per-utterance [B] losses.
+          rnnt_type: "regular" (icefall's: any number of symbols on a frame)
+            or "modified" (at most one symbol per frame, as greedy search
+            with max_sym_per_frame=1, modified beam search and sherpa-onnx
+            decode; needs at least as many frames as tokens).
         Returns:
           (simple_loss, pruned_loss), each a scalar or [B] as `reduction` says.
         """
@@ -119,7 +124,7 @@ class Transducer(nn.Module):
             lm=lm.float(), am=am.float(), symbols=y_padded,
             termination_symbol=blank_id, lm_only_scale=lm_scale,
             am_only_scale=am_scale, boundary=boundary, reduction=reduction,
-            return_grad=True)
+            return_grad=True, rnnt_type=rnnt_type)
 
         ranges = get_rnnt_prune_ranges(px_grad=px_grad, py_grad=py_grad,
                                        boundary=boundary, s_range=prune_range)
@@ -131,7 +136,8 @@ class Transducer(nn.Module):
         logits = self.joiner(am_pruned, lm_pruned, project_input=False)
         pruned_loss = rnnt_loss_pruned(logits=logits.float(), symbols=y_padded,
                                        ranges=ranges, termination_symbol=blank_id,
-                                       boundary=boundary, reduction=reduction)
+                                       boundary=boundary, reduction=reduction,
+                                       rnnt_type=rnnt_type)
         return simple_loss, pruned_loss
 
 

@@ -50,6 +50,11 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-batches", type=float, default=5000, help="Eden: batches for the LR to start decaying")
     g.add_argument("--lr-epochs", type=float, default=6, help="Eden: epochs for the LR to start decaying")
     g.add_argument("--prune-range", type=int, default=5, help="symbols per frame in the pruned loss")
+    g.add_argument("--rnnt-type", choices=("regular", "modified"), default="regular",
+                   help="transducer topology of the losses: regular (icefall's; any number of "
+                        "tokens on a frame) or modified (at most one token per frame, as greedy "
+                        "search with --max-sym-per-frame 1, modified beam search and sherpa-onnx "
+                        "decode)")
     g.add_argument("--lm-scale", type=float, default=0.25, help="lm-only weight in the smoothed loss")
     g.add_argument("--am-scale", type=float, default=0.0, help="am-only weight in the smoothed loss")
     g.add_argument("--simple-loss-scale", type=float, default=0.5, help="weight of the simple loss")
@@ -104,7 +109,7 @@ def compute_loss(params: AttributeDict, model, batch: Dict, is_training: bool) -
         simple, pruned = model(
             x=feature, x_lens=feature_lens, y=sup["token_ids"], prune_range=params.prune_range,
             am_scale=params.am_scale, lm_scale=params.lm_scale,
-            warmup=warmup if is_training else 2.0, reduction="none",
+            warmup=warmup if is_training else 2.0, reduction="none", rnnt_type=params.rnnt_type,
         )
         finite = torch.isfinite(simple) & torch.isfinite(pruned)
         if not finite.all():
