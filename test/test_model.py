@@ -25,6 +25,7 @@ for p in (str(ROOT), str(RECIPE)):
 from conformer import RelPositionMultiheadAttention  # noqa: E402
 from model import build_model, default_config, load_icefall_state_dict  # noqa: E402
 from scaling import ActivationBalancerFunction, DoubleSwish  # noqa: E402
+from transducer_brute_force import brute_force_rnnt_loss  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -238,43 +239,7 @@ def test_dropout_config_reaches_every_layer():
 
 
 def _brute_force_rnnt_loss(model, enc, enc_lens, y, modified=False):
-    """Full RNN-T loss by dynamic programming over the whole lattice.
-
-    Regular: a token keeps the frame (alpha[t, s-1] -> alpha[t, s]), blank
-    moves to the next one; the path ends with a blank on the last frame.
-    Modified: a token also moves to the next frame (alpha[t-1, s-1] ->
-    alpha[t, s], one token per frame at most); alpha[t, s] is the state
-    after frame t-1, and the path ends after the last frame."""
-    losses = []
-    with torch.no_grad():
-        for b, ids in enumerate(y):
-            T, S = int(enc_lens[b]), len(ids)
-            sos = torch.tensor([[model.decoder.blank_id] + ids])
-            dec = model.decoder(sos)[0]                                  # [S+1, C]
-            lp = model.joiner(enc[b, :T].unsqueeze(1), dec.unsqueeze(0)).log_softmax(-1)
-            blank = lp[:, :, model.decoder.blank_id].double()            # [T, S+1]
-            emit = torch.stack([lp[:, s, ids[s]] for s in range(S)], 1).double()
-            if modified:
-                alpha = torch.full((T + 1, S + 1), -math.inf, dtype=torch.float64)
-                alpha[0, 0] = 0.0
-                for t in range(1, T + 1):
-                    for s in range(S + 1):
-                        a = alpha[t - 1, s] + blank[t - 1, s]
-                        e = alpha[t - 1, s - 1] + emit[t - 1, s - 1] if s > 0 else -math.inf
-                        alpha[t, s] = torch.logaddexp(torch.as_tensor(a), torch.as_tensor(e))
-                losses.append(-alpha[T, S])
-                continue
-            alpha = torch.full((T, S + 1), -math.inf, dtype=torch.float64)
-            for t in range(T):
-                for s in range(S + 1):
-                    if t == 0 and s == 0:
-                        alpha[t, s] = 0.0
-                        continue
-                    a = alpha[t - 1, s] + blank[t - 1, s] if t > 0 else -math.inf
-                    e = alpha[t, s - 1] + emit[t, s - 1] if s > 0 else -math.inf
-                    alpha[t, s] = torch.logaddexp(torch.as_tensor(a), torch.as_tensor(e))
-            losses.append(-(alpha[T - 1, S] + blank[T - 1, S]))
-    return torch.stack(losses)
+    return brute_force_rnnt_loss(model.decoder, model.joiner, enc, enc_lens, y, modified)
 
 
 def test_forward_loss_modified_topology(ref, small_model):

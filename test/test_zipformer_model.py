@@ -26,6 +26,7 @@ if str(ROOT) not in sys.path:
 
 from icefall.beam_search import greedy_search_batch  # noqa: E402
 from recipe_fixture import import_recipe  # noqa: E402
+from transducer_brute_force import brute_force_rnnt_loss  # noqa: E402
 
 RECIPE_MODULES = ("scaling_schedule", "scaling_grad", "scaling", "subsampling", "zipformer",
                   "decoder", "joiner", "model")
@@ -492,6 +493,22 @@ def test_early_training_with_all_randomisation_is_finite(seed):
     for name, p in model.named_parameters():
         if p.grad is not None:
             assert bool(torch.isfinite(p.grad).all()), name
+
+
+@pytest.mark.parametrize("rnnt_type", ["regular", "modified"])
+def test_transducer_loss_is_the_full_loss_when_nothing_is_pruned(rnnt_type):
+    """With a prune range above S the pruned loss is the full RNN-T loss of
+    the joiner (brute force, both topologies); the simple loss is finite."""
+    model = fresh_model().eval()
+    x, x_lens, y = tiny_batch(0)
+    with torch.no_grad():
+        enc, enc_lens = model.forward_encoder(x, x_lens)
+        simple, pruned = model.forward_transducer(enc, enc_lens, y, prune_range=max(map(len, y)) + 1,
+                                                  rnnt_type=rnnt_type)
+    want = brute_force_rnnt_loss(model.decoder, model.joiner, enc, enc_lens, y,
+                                 modified=rnnt_type == "modified").sum().float()
+    torch.testing.assert_close(pruned, want, rtol=1e-4, atol=1e-3)
+    assert bool(torch.isfinite(simple)) and float(simple) > 0
 
 
 def test_ctc_only_and_transducer_only_models_train():

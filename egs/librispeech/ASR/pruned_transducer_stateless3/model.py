@@ -7,7 +7,7 @@
 The config is a plain dict, meant to be saved next to the weights so that a
 script can rebuild the model without retyping flags.
 
-The loss functions come from `icefall.rnnt_loss` (the repository root must be
+The loss functions come from `icefall.transducer_loss` (the repository root must be
 on sys.path); they are imported on the first training forward, so building
 the model and decoding do not need them.
 """
@@ -99,46 +99,17 @@ class Transducer(nn.Module):
         Returns:
           (simple_loss, pruned_loss), each a scalar or [B] as `reduction` says.
         """
-        from icefall.rnnt_loss import (do_rnnt_pruning, get_rnnt_prune_ranges,
-                                       rnnt_loss_pruned, rnnt_loss_smoothed)
+        from icefall.transducer_loss import pruned_transducer_loss
 
-        assert reduction in ("sum", "none"), reduction
         assert x.ndim == 3 and x_lens.ndim == 1, (x.shape, x_lens.shape)
         assert x.size(0) == x_lens.size(0) == len(y), (x.shape, x_lens.shape, len(y))
 
         encoder_out, encoder_out_lens = self.forward_encoder(x, x_lens, warmup=warmup)
         assert torch.all(encoder_out_lens > 0), encoder_out_lens
-
-        blank_id = self.decoder.blank_id
-        y_padded, y_lens = pad_token_ids(y, blank_id, x.device)
-        sos = torch.full((len(y), 1), blank_id, dtype=torch.int64, device=x.device)
-        decoder_out = self.decoder(torch.cat([sos, y_padded], dim=1))  # [B, S+1, C]
-
-        boundary = torch.zeros((x.size(0), 4), dtype=torch.int64, device=x.device)
-        boundary[:, 2] = y_lens
-        boundary[:, 3] = encoder_out_lens
-
-        lm = self.simple_lm_proj(decoder_out)
-        am = self.simple_am_proj(encoder_out)
-        simple_loss, (px_grad, py_grad) = rnnt_loss_smoothed(
-            lm=lm.float(), am=am.float(), symbols=y_padded,
-            termination_symbol=blank_id, lm_only_scale=lm_scale,
-            am_only_scale=am_scale, boundary=boundary, reduction=reduction,
-            return_grad=True, rnnt_type=rnnt_type)
-
-        ranges = get_rnnt_prune_ranges(px_grad=px_grad, py_grad=py_grad,
-                                       boundary=boundary, s_range=prune_range)
-        # Project before pruning: each frame/context is projected once, not
-        # once per (t, s) pair.  am_pruned/lm_pruned: [B, T, prune_range, joiner_dim]
-        am_pruned, lm_pruned = do_rnnt_pruning(am=self.joiner.encoder_proj(encoder_out),
-                                               lm=self.joiner.decoder_proj(decoder_out),
-                                               ranges=ranges)
-        logits = self.joiner(am_pruned, lm_pruned, project_input=False)
-        pruned_loss = rnnt_loss_pruned(logits=logits.float(), symbols=y_padded,
-                                       ranges=ranges, termination_symbol=blank_id,
-                                       boundary=boundary, reduction=reduction,
-                                       rnnt_type=rnnt_type)
-        return simple_loss, pruned_loss
+        return pruned_transducer_loss(
+            self.decoder, self.joiner, self.simple_am_proj, self.simple_lm_proj, encoder_out,
+            encoder_out_lens, y, prune_range=prune_range, am_scale=am_scale, lm_scale=lm_scale,
+            reduction=reduction, rnnt_type=rnnt_type)
 
 
 def frames_after_subsampling(num_frames: int) -> int:
@@ -146,17 +117,6 @@ def frames_after_subsampling(num_frames: int) -> int:
     two 3x3 convolutions with stride 2, as icefall's pts3); below 1 (fewer
     than 7 frames) the input is too short for the model."""
     return ((num_frames - 1) // 2 - 1) // 2
-
-
-def pad_token_ids(y: List[List[int]], pad_id: int,
-                  device: torch.device = torch.device("cpu")) -> Tuple[Tensor, Tensor]:
-    """B lists of ids -> (padded [B, max(len)] int64 filled with pad_id, lens [B])."""
-    lens = torch.tensor([len(ids) for ids in y], dtype=torch.int64)
-    padded = torch.full((len(y), int(lens.max()) if len(y) else 0), pad_id,
-                        dtype=torch.int64)
-    for i, ids in enumerate(y):
-        padded[i, : len(ids)] = torch.as_tensor(ids, dtype=torch.int64)
-    return padded.to(device), lens.to(device)
 
 
 def default_config() -> Dict:

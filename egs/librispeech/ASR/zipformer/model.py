@@ -13,7 +13,7 @@ Causal models (--causal 1) also decode chunk by chunk:
 AsrModel.get_init_states() and AsrModel.streaming_forward(), with
 stack_states()/unstack_states() to batch streams (icefall's streaming_decode.py).
 
-The transducer loss comes from `icefall.rnnt_loss` (the repository root must
+The transducer loss comes from `icefall.transducer_loss` (the repository root must
 be on sys.path); it is imported on the first training forward, so building
 the model and decoding do not need it.
 """
@@ -162,40 +162,18 @@ class AsrModel(nn.Module):
 
     def forward_transducer(self, encoder_out: Tensor, encoder_out_lens: Tensor,
                            y: List[List[int]], prune_range: int = 5, am_scale: float = 0.0,
-                           lm_scale: float = 0.0) -> Tuple[Tensor, Tensor]:
+                           lm_scale: float = 0.0, rnnt_type: str = "regular") -> Tuple[Tensor, Tensor]:
         """(simple_loss, pruned_loss), each summed over the batch (see forward())."""
-        from icefall.rnnt_loss import (do_rnnt_pruning, get_rnnt_prune_ranges,
-                                       rnnt_loss_pruned, rnnt_loss_smoothed)
+        from icefall.transducer_loss import pruned_transducer_loss
 
-        device = encoder_out.device
-        blank_id = self.decoder.blank_id
-        y_padded, y_lens = pad_token_ids(y, 0, device)
-        sos_y_padded, _ = pad_token_ids([[blank_id] + list(ids) for ids in y], blank_id, device)
-        decoder_out = self.decoder(sos_y_padded)  # [N, U+1, decoder_dim]
-
-        boundary = torch.zeros((encoder_out.size(0), 4), dtype=torch.int64, device=device)
-        boundary[:, 2] = y_lens
-        boundary[:, 3] = encoder_out_lens
-        lm = self.simple_lm_proj(decoder_out)
-        am = self.simple_am_proj(encoder_out)
-        simple_loss, (px_grad, py_grad) = rnnt_loss_smoothed(
-            lm=lm.float(), am=am.float(), symbols=y_padded, termination_symbol=blank_id,
-            lm_only_scale=lm_scale, am_only_scale=am_scale, boundary=boundary,
-            reduction="sum", return_grad=True)
-        ranges = get_rnnt_prune_ranges(px_grad=px_grad, py_grad=py_grad, boundary=boundary,
-                                       s_range=prune_range)
-        # Project before pruning, so each frame/context is projected once.
-        am_pruned, lm_pruned = do_rnnt_pruning(am=self.joiner.encoder_proj(encoder_out),
-                                               lm=self.joiner.decoder_proj(decoder_out),
-                                               ranges=ranges)
-        logits = self.joiner(am_pruned, lm_pruned, project_input=False)
-        pruned_loss = rnnt_loss_pruned(logits=logits.float(), symbols=y_padded, ranges=ranges,
-                                       termination_symbol=blank_id, boundary=boundary,
-                                       reduction="sum")
-        return simple_loss, pruned_loss
+        return pruned_transducer_loss(
+            self.decoder, self.joiner, self.simple_am_proj, self.simple_lm_proj, encoder_out,
+            encoder_out_lens, y, prune_range=prune_range, am_scale=am_scale, lm_scale=lm_scale,
+            reduction="sum", rnnt_type=rnnt_type)
 
     def forward(self, x: Tensor, x_lens: Tensor, y: List[List[int]], prune_range: int = 5,
-                am_scale: float = 0.0, lm_scale: float = 0.0) -> Tuple[Tensor, Tensor, Tensor]:
+                am_scale: float = 0.0, lm_scale: float = 0.0,
+                rnnt_type: str = "regular") -> Tuple[Tensor, Tensor, Tensor]:
         """
         Args:
           x: fbank [N, T, 80]; x_lens: [N] valid frames.
@@ -204,6 +182,8 @@ class AsrModel(nn.Module):
           prune_range: symbols kept per frame for the pruned loss.
           am_scale, lm_scale: weights of the am-only / lm-only terms of the
             smoothed simple loss.
+          rnnt_type: the transducer losses' topology, "regular" or "modified"
+            (see icefall.transducer_loss).
         Returns:
           (simple_loss, pruned_loss, ctc_loss), each summed over the batch; a
           head the model lacks gives torch.empty(0), as in icefall.
@@ -215,22 +195,12 @@ class AsrModel(nn.Module):
         if self.use_transducer:
             simple_loss, pruned_loss = self.forward_transducer(
                 encoder_out, encoder_out_lens, y, prune_range=prune_range, am_scale=am_scale,
-                lm_scale=lm_scale)
+                lm_scale=lm_scale, rnnt_type=rnnt_type)
         if self.use_ctc:
             targets = torch.tensor([t for ids in y for t in ids], dtype=torch.int64)
             target_lengths = torch.tensor([len(ids) for ids in y], dtype=torch.int64)
             ctc_loss = self.forward_ctc(encoder_out, encoder_out_lens, targets, target_lengths)
         return simple_loss, pruned_loss, ctc_loss
-
-
-def pad_token_ids(y: List[List[int]], pad_id: int,
-                  device: torch.device = torch.device("cpu")) -> Tuple[Tensor, Tensor]:
-    """N lists of ids -> (padded [N, max(len)] int64 filled with pad_id, lens [N])."""
-    lens = torch.tensor([len(ids) for ids in y], dtype=torch.int64)
-    padded = torch.full((len(y), int(lens.max()) if len(y) else 0), pad_id, dtype=torch.int64)
-    for i, ids in enumerate(y):
-        padded[i, : len(ids)] = torch.as_tensor(ids, dtype=torch.int64)
-    return padded.to(device), lens.to(device)
 
 
 def stack_states(state_list: List[List[Tensor]]) -> List[Tensor]:

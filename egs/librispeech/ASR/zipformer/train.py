@@ -51,6 +51,11 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--ref-duration", type=float, default=600,
                    help="reference batch duration (s): the model's schedules count batches of this size")
     g.add_argument("--prune-range", type=int, default=5, help="symbols per frame in the pruned loss")
+    g.add_argument("--rnnt-type", choices=("regular", "modified"), default="regular",
+                   help="transducer topology of the losses: regular (icefall's; any number of "
+                        "tokens on a frame) or modified (at most one token per frame, as greedy "
+                        "search with --max-sym-per-frame 1, modified beam search and sherpa-onnx "
+                        "decode)")
     g.add_argument("--lm-scale", type=float, default=0.25, help="lm-only weight in the smoothed simple loss")
     g.add_argument("--am-scale", type=float, default=0.0, help="am-only weight in the smoothed simple loss")
     g.add_argument("--simple-loss-scale", type=float, default=0.5, help="weight of the simple loss after --warm-step")
@@ -131,7 +136,7 @@ def compute_loss(params: AttributeDict, model, batch: Dict, is_training: bool) -
     with torch.set_grad_enabled(is_training):
         simple, pruned, ctc = model(
             x=feature, x_lens=feature_lens, y=sup["token_ids"], prune_range=params.prune_range,
-            am_scale=params.am_scale, lm_scale=params.lm_scale,
+            am_scale=params.am_scale, lm_scale=params.lm_scale, rnnt_type=params.rnnt_type,
         )
         loss = feature.new_zeros(())
         if params.use_transducer:
