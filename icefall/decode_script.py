@@ -160,7 +160,7 @@ def decode_main(args, model_module: ModuleType, script: PathLike,
                                 "--manifest-dir": args.manifest_dir})
 
     from icefall.asr_datamodule import AsrDataModule
-    from icefall.decoding import check_method
+    from icefall.decoding import check_method, max_sym_for
     from icefall.model_loading import load_model
     from icefall.transcribe import drop_short_cuts
     from icefall.utils import setup_logger
@@ -175,6 +175,7 @@ def decode_main(args, model_module: ModuleType, script: PathLike,
     tokens, tokens_path = load_token_table(args)
     model = load_model(model_module, args, tokens, tokens_path)
     check_method(model, args.decoding_method)
+    args.max_sym_per_frame = max_sym_for(model, args.decoding_method, args.max_sym_per_frame)
     if configure is not None:
         suffix += configure(model, args)
     model.to(device)

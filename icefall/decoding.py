@@ -10,6 +10,7 @@ flag ``use_transducer``/``use_ctc`` (Zipformer's AsrModel) says which heads it
 has; a model without the flags is a transducer (pts3).
 """
 
+import logging
 from typing import List, Tuple
 
 import torch
@@ -38,14 +39,39 @@ def methods_for(model: nn.Module) -> Tuple[str, ...]:
         (CTC_METHODS if has_ctc(model) else ())
 
 
+def one_token_per_frame(model: nn.Module) -> bool:
+    """Whether the model was trained with ``--rnnt-type modified`` (its config
+    says so): it has learnt to emit at most one token per frame, and blank
+    is meaningless after a token on the same frame, so greedy search must
+    move on after one token and Graves' beam_search does not apply."""
+    return (getattr(model, "config", None) or {}).get("rnnt_type", "regular") == "modified"
+
+
 def check_method(model: nn.Module, method: str, flag: str = "--decoding-method") -> None:
     """Raise :class:`icefall.cli.UserError` (one line naming `flag`) if the
-    model has no head for `method`."""
+    model has no head for `method`, or `method` is beam_search and the model
+    was trained for one token per frame."""
     if method not in methods_for(model):
         head = "CTC head (train with --use-ctc 1)" if method in CTC_METHODS else \
             "transducer head (train with --use-transducer 1)"
         raise UserError(f"{flag} {method}: the model has no {head}; it can use "
                         f"{', '.join(methods_for(model))}")
+    if method == "beam_search" and one_token_per_frame(model):
+        raise UserError(f"{flag} beam_search: the model was trained with --rnnt-type modified "
+                        f"(one token per frame), which beam_search does not follow; use "
+                        f"modified_beam_search or greedy_search")
+
+
+def max_sym_for(model: nn.Module, method: str, max_sym_per_frame: int,
+                flag: str = "--max-sym-per-frame") -> int:
+    """The tokens per frame greedy search may emit: ``max_sym_per_frame``,
+    or 1 (with a warning naming `flag`) for a model trained for one token per
+    frame, which would emit garbage with more."""
+    if method == "greedy_search" and max_sym_per_frame > 1 and one_token_per_frame(model):
+        logging.warning(f"{flag} {max_sym_per_frame}: the model was trained with --rnnt-type "
+                        f"modified (one token per frame); using 1")
+        return 1
+    return max_sym_per_frame
 
 
 @torch.no_grad()
@@ -60,11 +86,14 @@ def decode_encoder_output(model: nn.Module, encoder_out: torch.Tensor,
       encoder_out_lens: [N] valid frames.
       method: one of :data:`ALL_METHODS`.
       beam: beam size (beam searches, transducer or CTC).
-      max_sym_per_frame: greedy_search only.
+      max_sym_per_frame: greedy_search only; 1 for a model trained for one
+        token per frame (see :func:`one_token_per_frame`), whatever is passed.
     Returns:
       N lists of token ids (blank removed).
     """
     if method in TRANSDUCER_METHODS:
+        if one_token_per_frame(model):
+            max_sym_per_frame = 1
         return decode_batch(model, encoder_out, encoder_out_lens, method, beam=beam,
                             max_sym_per_frame=max_sym_per_frame)
     if method not in CTC_METHODS:

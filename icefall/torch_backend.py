@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from icefall.decoding import decode_encoder_output
+from icefall.decoding import check_method, decode_encoder_output, max_sym_for
 from icefall.features import compute_fbank
 from icefall.transcribe import Backend
 
@@ -29,8 +29,10 @@ class TorchBackend(Backend):
     def __init__(self, model: nn.Module, frames_after_subsampling: Callable[[int], int],
                  method: str = "greedy_search", beam: int = 4, max_sym_per_frame: int = 1,
                  device: torch.device = torch.device("cpu")):
+        check_method(model, method, "--method")
         self.model, self.method, self.beam = model, method, beam
-        self.max_sym_per_frame, self.device = max_sym_per_frame, torch.device(device)
+        self.max_sym_per_frame = max_sym_for(model, method, max_sym_per_frame)
+        self.device = torch.device(device)
         self._frames = frames_after_subsampling
 
     def frames_after_subsampling(self, num_frames: int) -> int:

@@ -128,6 +128,50 @@ def test_greedy_search_max_sym_per_frame_matches_icefall(ref, small_model):
     assert results == ref["outputs"]["greedy_search_max_sym3"]
 
 
+def test_a_modified_model_is_decoded_one_token_per_frame(ref, caplog):
+    """A model whose config says rnnt_type "modified" gives icefall's
+    one-token-per-frame greedy result even when asked for 3 (with a warning),
+    refuses Graves' beam_search in one line, and its config round-trips; the
+    same weights as a regular model give icefall's 3-per-frame result."""
+    from icefall.cli import UserError
+    from icefall.decoding import check_method, decode_encoder_output, max_sym_for
+
+    enc, enc_lens = ref["outputs"]["encoder_out"], ref["outputs"]["encoder_out_lens"]
+    regular = build_model(ref["config"])
+    modified = build_model({**ref["config"], "rnnt_type": "modified"})
+    for m in (regular, modified):
+        load_icefall_state_dict(m, ref["model"])
+        m.eval()
+    got = decode_encoder_output(modified, enc, enc_lens, "greedy_search", max_sym_per_frame=3)
+    assert got == ref["outputs"]["greedy_search_batch"]
+    got = decode_encoder_output(regular, enc, enc_lens, "greedy_search", max_sym_per_frame=3)
+    assert got == ref["outputs"]["greedy_search_max_sym3"]
+
+    with caplog.at_level(logging.WARNING):
+        assert max_sym_for(modified, "greedy_search", 3) == 1
+    assert "--max-sym-per-frame 3" in caplog.text and "modified" in caplog.text
+    assert max_sym_for(regular, "greedy_search", 3) == 3
+    assert max_sym_for(modified, "modified_beam_search", 3) == 3
+    with pytest.raises(UserError, match="--decoding-method beam_search: .*modified_beam_search"):
+        check_method(modified, "beam_search")
+    check_method(regular, "beam_search")
+    check_method(modified, "modified_beam_search")
+
+    assert build_model(json.loads(json.dumps(modified.config))).config["rnnt_type"] == "modified"
+    # train.py's --rnnt-type reaches the saved config; decoding flags (no such flag) and
+    # regular training leave it out, so icefall-shaped configs stay as they were.
+    import argparse
+
+    from model import SIZE_FLAGS, config_from_args
+
+    args = argparse.Namespace(**SIZE_FLAGS)
+    assert "rnnt_type" not in config_from_args(args, 50)
+    assert "rnnt_type" not in config_from_args(argparse.Namespace(**SIZE_FLAGS, rnnt_type="regular"), 50)
+    assert config_from_args(argparse.Namespace(**SIZE_FLAGS, rnnt_type="modified"), 50)["rnnt_type"] == "modified"
+    with pytest.raises(ValueError, match="rnnt_type"):
+        build_model({**ref["config"], "rnnt_type": "constrained"})
+
+
 def test_activation_balancer_grad_matches_icefall(ref):
     b = ref["balancer"]
     x = b["x"].clone().requires_grad_(True)

@@ -30,8 +30,10 @@ REQUIRED_KEYS = (
     "joiner_dim",
 )
 # Keys with icefall's defaults, so configs that omit them still build.
+# rnnt_type: the topology the model was trained with (train.py --rnnt-type);
+# decoding follows it (a "modified" model emits one token per frame).
 OPTIONAL_DEFAULTS = {"dropout": 0.1, "layer_dropout": 0.075, "cnn_module_kernel": 31,
-                     "subsampling_channels": [8, 32, 128]}
+                     "subsampling_channels": [8, 32, 128], "rnnt_type": "regular"}
 
 # Prefixes of the GigaSpeech heads that icefall's multi-dataset checkpoints carry.
 EXTRA_PREFIXES = ("decoder_giga.", "joiner_giga.", "simple_am_proj_giga.",
@@ -136,6 +138,8 @@ def build_model(config: Dict) -> Transducer:
                          f"expected {list(REQUIRED_KEYS)} plus optional "
                          f"{list(OPTIONAL_DEFAULTS)}")
     c = {**OPTIONAL_DEFAULTS, **config}
+    if c["rnnt_type"] not in ("regular", "modified"):
+        raise ValueError(f"model config: rnnt_type must be 'regular' or 'modified', got {c['rnnt_type']!r}")
     encoder = Conformer(num_features=c["feature_dim"],
                         subsampling_factor=c["subsampling_factor"],
                         d_model=c["encoder_dim"], nhead=c["nhead"],
@@ -217,6 +221,9 @@ def config_from_args(args, vocab_size: int, blank_id: int = 0) -> Dict:
     channels = getattr(args, "subsampling_channels", OPTIONAL_DEFAULTS["subsampling_channels"])
     if list(channels) != OPTIONAL_DEFAULTS["subsampling_channels"]:
         config["subsampling_channels"] = list(channels)
+    rnnt_type = getattr(args, "rnnt_type", "regular")  # a training flag
+    if rnnt_type != "regular":
+        config["rnnt_type"] = rnnt_type
     return config
 
 

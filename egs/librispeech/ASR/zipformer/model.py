@@ -66,9 +66,12 @@ BOOL_FLAGS = {
     "use_ctc": (False, "give the model a CTC head"),
 }
 FEATURE_DIM = 80
-CONFIG_KEYS = ("feature_dim", *LIST_FLAGS, *INT_FLAGS, *BOOL_FLAGS, "vocab_size", "blank_id")
+# rnnt_type: the transducer topology the model was trained with (train.py
+# --rnnt-type); decoding follows it (a "modified" model emits one token per frame).
+CONFIG_KEYS = ("feature_dim", *LIST_FLAGS, *INT_FLAGS, *BOOL_FLAGS, "vocab_size", "blank_id",
+               "rnnt_type")
 # Keys added after configs were first saved, with the value older configs meant.
-LATER_KEYS = {"embed_channels": [8, 32, 128, 384]}
+LATER_KEYS = {"embed_channels": [8, 32, 128, 384], "rnnt_type": "regular"}
 
 
 class AsrModel(nn.Module):
@@ -266,6 +269,7 @@ def config_from_args(args: argparse.Namespace, vocab_size: int, blank_id: int = 
     config.update({key: int(getattr(args, key)) for key in INT_FLAGS})
     config.update({key: bool(getattr(args, key)) for key in BOOL_FLAGS})
     config.update(vocab_size=int(vocab_size), blank_id=int(blank_id))
+    config["rnnt_type"] = getattr(args, "rnnt_type", "regular")  # a training flag
     if not (config["use_transducer"] or config["use_ctc"]):
         raise ValueError("--use-transducer and --use-ctc are both false: enable at least one")
     return config
@@ -290,6 +294,9 @@ def build_model(config: Dict) -> AsrModel:
     c = config
     if not (c["use_transducer"] or c["use_ctc"]):
         raise ValueError("zipformer model config: use_transducer and use_ctc are both false")
+    if c["rnnt_type"] not in ("regular", "modified"):
+        raise ValueError(f"zipformer model config: rnnt_type must be 'regular' or 'modified', "
+                         f"got {c['rnnt_type']!r}")
     encoder_dim = max(c["encoder_dim"])
     if len(c["embed_channels"]) != 4 or min(c["embed_channels"]) < 1:
         raise ValueError(f"zipformer model config: embed_channels needs 4 positive numbers, "
