@@ -23,14 +23,15 @@ DATA = ROOT / "test" / "data" / "synth_small"
 RECIPE = ROOT / "egs" / "librispeech" / "ASR" / "pruned_transducer_stateless3"
 SYSTEMS = ("torch-greedy", "torch-beam", "onnx-fp32", "onnx-int8", "sherpa-onnx")
 
-# Measured with the committed model (run.sh's 28-minute model, see
-# test/data/synth_small/README.md) through this test's path (pretrained.py's
-# code, float16 weights): greedy search (one token per frame) 21.97% on its 300
-# test utterances and 22.00% on the 241 held-out sentences.  The bars leave room
-# for other CPUs' rounding, not for a broken path (an untrained model gets over 90%,
-# the previous committed model 32.74% / 31.00%).
-GREEDY_WER_BAR = 24.0
-HELDOUT_GREEDY_WER_BAR = 24.0
+# Measured with the committed model (run.sh's model, trained with --rnnt-type
+# modified, see test/data/synth_small/README.md) through this test's path
+# (pretrained.py's code, float16 weights): greedy search (one token per frame)
+# 19.34% on its 300 test utterances and 19.02% on the 241 held-out sentences
+# (sherpa-onnx: the same 396 errors on the test utterances).  The bars leave
+# room for other CPUs' rounding, not for a broken path (an untrained model gets
+# over 90%, the previous committed model 21.97% / 22.00%).
+GREEDY_WER_BAR = 21.0
+HELDOUT_GREEDY_WER_BAR = 21.0
 
 
 def decode(tmp, split_set, systems, onnx_dir=None) -> dict:
