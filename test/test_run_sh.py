@@ -48,9 +48,16 @@ def test_every_stage_runs_and_avg_is_clamped(recipe):
     assert "phase 1" in out and "phase 2" in out
     for i in range(7):
         assert f"Stage {i}" in out, i
+    # The default --rnnt-type modified: stage 2 decodes one token per frame
+    # (greedy and modified beam search), stage 5 the export the same way.
     summaries = sorted(p.name for p in exp.glob("*/wer-summary-test-*.txt"))
-    assert len(summaries) == 4, summaries  # 3 settings in stage 2, the exported model in stage 5
-    assert "epoch-2-avg-1" in " ".join(summaries)
+    assert summaries == ["wer-summary-test-beam_size_4-epoch-2-avg-1-use-averaged-model.txt",
+                         "wer-summary-test-greedy_search-epoch-2-avg-1-use-averaged-model.txt",
+                         "wer-summary-test-greedy_search-epoch-9999-avg-1.txt"], summaries
+    import torch
+
+    config = torch.load(exp / "pretrained.pt", weights_only=True)["config"]
+    assert config["rnnt_type"] == "modified", config
     assert (workdir / "data/fbank/synth_cuts_heldout.jsonl.gz").is_file()
 
 
@@ -78,6 +85,8 @@ def test_rerun_resumes_after_the_last_epoch(recipe):
     (["--num-epochs", "two"], "--num-epochs must be a whole number >= 1, got 'two'"),
     (["--use-bf16", "maybe"], "--use-bf16 must be true, false or auto, got 'maybe'"),
     (["--lr-cooldown-epochs", "x"], "--lr-cooldown-epochs must be a number >= 0, got 'x'"),
+    (["--rnnt-type", "constrained"], "--rnnt-type must be regular or modified, got 'constrained'"),
+    (["--max-sym-per-frame", "0"], "--max-sym-per-frame must be auto or a whole number >= 1, got '0'"),
 ])
 def test_bad_epoch_flags_fail_before_anything_runs(tmp_path, flags, message):
     workdir = REPO / "egs/synth/ASR"
