@@ -20,6 +20,7 @@ from icefall.beam_search import DECODING_METHODS as TRANSDUCER_METHODS
 from icefall.beam_search import decode_batch
 from icefall.cli import UserError
 from icefall.ctc_decode import ctc_greedy_search, ctc_prefix_beam_search
+from icefall.transducer_loss import model_rnnt_type
 
 CTC_METHODS = ("ctc-greedy-search", "ctc-prefix-beam-search")
 ALL_METHODS = TRANSDUCER_METHODS + CTC_METHODS
@@ -44,7 +45,7 @@ def one_token_per_frame(model: nn.Module) -> bool:
     says so): it has learnt to emit at most one token per frame, and blank
     is meaningless after a token on the same frame, so greedy search must
     move on after one token and Graves' beam_search does not apply."""
-    return (getattr(model, "config", None) or {}).get("rnnt_type", "regular") == "modified"
+    return model_rnnt_type(model) == "modified"
 
 
 def check_method(model: nn.Module, method: str, flag: str = "--decoding-method") -> None:

@@ -14,7 +14,14 @@ from typing import List, Tuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["pad_token_ids", "pruned_transducer_loss"]
+__all__ = ["model_rnnt_type", "pad_token_ids", "pruned_transducer_loss"]
+
+
+def model_rnnt_type(model: nn.Module) -> str:
+    """The topology a model was built for, from its config (``rnnt_type``,
+    written by train.py --rnnt-type): "regular" when the config has no such
+    key (icefall's models and configs saved before it) or there is no config."""
+    return (getattr(model, "config", None) or {}).get("rnnt_type", "regular")
 
 
 def pad_token_ids(y: List[List[int]], pad_id: int,

@@ -299,6 +299,12 @@ def test_forward_loss_modified_topology(ref, small_model):
     torch.testing.assert_close(pruned, want, rtol=1e-4, atol=1e-3)
     regular = _brute_force_rnnt_loss(model, enc, enc_lens, y).float()
     assert torch.all((want - regular).abs() > 1e-2), (want, regular)
+    # A model whose config says "modified" (as train.py --rnnt-type writes it)
+    # trains on that topology without being told again.
+    own = build_model({**ref["config"], "rnnt_type": "modified"})
+    load_icefall_state_dict(own, ref["model"])
+    _, pruned = own.eval()(x, x_lens, y, prune_range=prune_range, reduction="none")
+    torch.testing.assert_close(pruned, want, rtol=1e-4, atol=1e-3)
 
 
 def test_forward_loss(ref, small_model):

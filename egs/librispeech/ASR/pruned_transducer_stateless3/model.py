@@ -13,7 +13,7 @@ the model and decoding do not need them.
 """
 
 import logging
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -82,7 +82,7 @@ class Transducer(nn.Module):
     def forward(self, x: Tensor, x_lens: Tensor, y: List[List[int]],
                 prune_range: int = 5, am_scale: float = 0.0, lm_scale: float = 0.0,
                 warmup: float = 1.0, reduction: str = "sum",
-                rnnt_type: str = "regular") -> Tuple[Tensor, Tensor]:
+                rnnt_type: Optional[str] = None) -> Tuple[Tensor, Tensor]:
         """
         Args:
           x: features [B, T, F].
@@ -97,11 +97,12 @@ class Transducer(nn.Module):
           rnnt_type: "regular" (icefall's: any number of symbols on a frame)
             or "modified" (at most one symbol per frame, as greedy search
             with max_sym_per_frame=1, modified beam search and sherpa-onnx
-            decode; needs at least as many frames as tokens).
+            decode; needs at least as many frames as tokens); None: the
+            model's own (its config's rnnt_type, which train.py sets).
         Returns:
           (simple_loss, pruned_loss), each a scalar or [B] as `reduction` says.
         """
-        from icefall.transducer_loss import pruned_transducer_loss
+        from icefall.transducer_loss import model_rnnt_type, pruned_transducer_loss
 
         assert x.ndim == 3 and x_lens.ndim == 1, (x.shape, x_lens.shape)
         assert x.size(0) == x_lens.size(0) == len(y), (x.shape, x_lens.shape, len(y))
@@ -111,7 +112,7 @@ class Transducer(nn.Module):
         return pruned_transducer_loss(
             self.decoder, self.joiner, self.simple_am_proj, self.simple_lm_proj, encoder_out,
             encoder_out_lens, y, prune_range=prune_range, am_scale=am_scale, lm_scale=lm_scale,
-            reduction=reduction, rnnt_type=rnnt_type)
+            reduction=reduction, rnnt_type=rnnt_type or model_rnnt_type(self))
 
 
 def frames_after_subsampling(num_frames: int) -> int:

@@ -109,7 +109,7 @@ def compute_loss(params: AttributeDict, model, batch: Dict, is_training: bool) -
         simple, pruned = model(
             x=feature, x_lens=feature_lens, y=sup["token_ids"], prune_range=params.prune_range,
             am_scale=params.am_scale, lm_scale=params.lm_scale,
-            warmup=warmup if is_training else 2.0, reduction="none", rnnt_type=params.rnnt_type,
+            warmup=warmup if is_training else 2.0, reduction="none",
         )
         finite = torch.isfinite(simple) & torch.isfinite(pruned)
         if not finite.all():

@@ -165,18 +165,18 @@ class AsrModel(nn.Module):
 
     def forward_transducer(self, encoder_out: Tensor, encoder_out_lens: Tensor,
                            y: List[List[int]], prune_range: int = 5, am_scale: float = 0.0,
-                           lm_scale: float = 0.0, rnnt_type: str = "regular") -> Tuple[Tensor, Tensor]:
+                           lm_scale: float = 0.0, rnnt_type: Optional[str] = None) -> Tuple[Tensor, Tensor]:
         """(simple_loss, pruned_loss), each summed over the batch (see forward())."""
-        from icefall.transducer_loss import pruned_transducer_loss
+        from icefall.transducer_loss import model_rnnt_type, pruned_transducer_loss
 
         return pruned_transducer_loss(
             self.decoder, self.joiner, self.simple_am_proj, self.simple_lm_proj, encoder_out,
             encoder_out_lens, y, prune_range=prune_range, am_scale=am_scale, lm_scale=lm_scale,
-            reduction="sum", rnnt_type=rnnt_type)
+            reduction="sum", rnnt_type=rnnt_type or model_rnnt_type(self))
 
     def forward(self, x: Tensor, x_lens: Tensor, y: List[List[int]], prune_range: int = 5,
                 am_scale: float = 0.0, lm_scale: float = 0.0,
-                rnnt_type: str = "regular") -> Tuple[Tensor, Tensor, Tensor]:
+                rnnt_type: Optional[str] = None) -> Tuple[Tensor, Tensor, Tensor]:
         """
         Args:
           x: fbank [N, T, 80]; x_lens: [N] valid frames.
@@ -186,7 +186,8 @@ class AsrModel(nn.Module):
           am_scale, lm_scale: weights of the am-only / lm-only terms of the
             smoothed simple loss.
           rnnt_type: the transducer losses' topology, "regular" or "modified"
-            (see icefall.transducer_loss).
+            (see icefall.transducer_loss); None: the model's own (its
+            config's rnnt_type, which train.py sets).
         Returns:
           (simple_loss, pruned_loss, ctc_loss), each summed over the batch; a
           head the model lacks gives torch.empty(0), as in icefall.

@@ -67,7 +67,6 @@ def run(argv: Optional[List[str]] = None) -> int:
     check_inputs_exist(__file__, {"--checkpoint": args.checkpoint, "--tokens": args.tokens})
 
     import model as recipe_model
-    from icefall.decoding import check_method
     from icefall.model_loading import load_model
     from icefall.tokens import read_tokens
     from icefall.torch_backend import TorchBackend
@@ -76,7 +75,6 @@ def run(argv: Optional[List[str]] = None) -> int:
     device = device_from_flag(args.device)
     tokens = read_tokens(args.tokens)
     model = load_model(recipe_model, args, tokens, args.tokens).to(device)
-    check_method(model, args.method, "--method")
     from decode import set_chunking
 
     set_chunking(model, args)  # a causal model: the one chunk size and left context given

@@ -136,7 +136,7 @@ def compute_loss(params: AttributeDict, model, batch: Dict, is_training: bool) -
     with torch.set_grad_enabled(is_training):
         simple, pruned, ctc = model(
             x=feature, x_lens=feature_lens, y=sup["token_ids"], prune_range=params.prune_range,
-            am_scale=params.am_scale, lm_scale=params.lm_scale, rnnt_type=params.rnnt_type,
+            am_scale=params.am_scale, lm_scale=params.lm_scale,
         )
         loss = feature.new_zeros(())
         if params.use_transducer:
