@@ -79,6 +79,11 @@ class SynthConfig:
     max_pitch: int = 70
     min_snr: float = 15.0  # dB of white noise
     max_snr: float = 40.0
+    # Seconds of silence kept after the speech, drawn uniformly from this
+    # range; espeak-ng ends every utterance with about 0.3 s of silence (12%
+    # of the default corpus's audio). None keeps all of it, as corpora made
+    # before this field existed did.
+    tail: Optional[Tuple[float, float]] = (0.05, 0.15)
 
     def sizes(self) -> Dict[str, int]:
         return {"train": self.num_train, "dev": self.num_dev, "test": self.num_test}
@@ -104,6 +109,7 @@ class Utterance:
     lead: float  # seconds of silence before the speech
     noise_seed: int
     num_samples: int = 0  # filled in once synthesised
+    tail: Optional[float] = None  # seconds kept after the speech; None: espeak's whole output
 
     @classmethod
     def from_dict(cls, d: dict) -> "Utterance":
@@ -149,6 +155,8 @@ def check_config(config: SynthConfig) -> None:
             raise ValueError(f"--{split}-variants: empty, but --num-{split} is {n}")
     if not config.languages:
         raise ValueError("--languages: empty")
+    if config.tail is not None and not (len(config.tail) == 2 and 0 <= config.tail[0] <= config.tail[1]):
+        raise ValueError(f"--tail: expected MIN,MAX seconds with 0 <= MIN <= MAX, got {config.tail}")
 
 
 def read_heldout(path: PathLike) -> List[str]:
@@ -167,6 +175,8 @@ def read_heldout(path: PathLike) -> List[str]:
 def _plan_split(split: str, sentences: List[str], voices: List[str], config: SynthConfig,
                 rng: random.Random) -> List[Utterance]:
     utts = []
+    # Its own generator: the other draws stay those of corpora planned without a tail.
+    tail_rng = random.Random(f"synth-tail-{config.seed}-{split}")
     for i, text in enumerate(sentences):
         utts.append(Utterance(
             id=f"synth-{split}-{i:06d}",
@@ -180,6 +190,7 @@ def _plan_split(split: str, sentences: List[str], voices: List[str], config: Syn
             gain=round(rng.uniform(0.2, 0.9), 3),
             lead=round(rng.uniform(0.05, 0.3), 3),
             noise_seed=rng.randrange(2**31),
+            tail=round(tail_rng.uniform(*config.tail), 3) if config.tail else None,
         ))
     return utts
 
@@ -221,7 +232,8 @@ def plan_corpus(config: SynthConfig, progress: bool = False) -> Tuple[Dict[str, 
 
 
 def render(utt: Utterance) -> np.ndarray:
-    """Synthesise one utterance: espeak, leading silence, gain, white noise.
+    """Synthesise one utterance: espeak, leading silence, gain, silence after
+    the speech cut to ``utt.tail`` seconds (if set), white noise.
     Returns float32 ``[N]`` at 16 kHz."""
     return _render(utt, word_starts=False)
 
@@ -253,9 +265,12 @@ def _render(utt: Utterance, word_starts: bool):
     peak = float(np.abs(speech).max()) if speech.size else 0.0
     if peak > 0:
         speech = speech * (utt.gain / peak)
+    voiced = np.abs(speech) > 0.01 * utt.gain
+    if utt.tail is not None and voiced.any():
+        end = int(np.nonzero(voiced)[0][-1]) + 1 + int(utt.tail * SAMPLE_RATE)
+        speech, voiced = speech[:end], voiced[:end]
     lead = np.zeros(int(utt.lead * SAMPLE_RATE), dtype=np.float32)
     audio = np.concatenate([lead, speech]).astype(np.float32)
-    voiced = np.abs(speech) > 0.01 * utt.gain
     power = float(np.mean(speech[voiced] ** 2)) if voiced.any() else 0.0
     noise_rng = np.random.default_rng(utt.noise_seed)
     noise = noise_rng.standard_normal(audio.shape[0]).astype(np.float32)

@@ -126,3 +126,24 @@ def test_render_with_word_starts_is_render_plus_the_leading_silence():
     assert np.array_equal(starts, raw + lead)
     loud = np.nonzero(np.abs(speech) > 0.01 * np.abs(speech).max())[0]
     assert speech_end == lead + loud[-1] + 1 and starts[-1] < speech_end < len(audio)
+
+
+def test_tail_cuts_only_the_silence_after_the_speech():
+    """A tail keeps the untrimmed audio's first samples (same speech, same
+    noise) and ends ``tail`` seconds after its last voiced sample."""
+    import dataclasses
+
+    from icefall.synth_corpus import Utterance, render, render_with_word_starts
+
+    whole = Utterance(id="u", split="test", text="THE CAT SAT ON THE MAT", voice="en+f3",
+                      rate=180, pitch=50, pitch_range=60, snr=25.0, gain=0.6, lead=0.1,
+                      noise_seed=3)
+    engine = espeak.get_engine()
+    engine.reset()
+    full, _, speech_end = render_with_word_starts(whole)
+    assert len(full) - speech_end > 0.2 * 16000  # espeak's own silence, about 0.3 s
+    for tail in (0.0, 0.1):
+        engine.reset()
+        cut = render(dataclasses.replace(whole, tail=tail))
+        assert len(cut) == speech_end + int(tail * 16000)
+        assert np.array_equal(cut, full[:len(cut)])

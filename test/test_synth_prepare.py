@@ -261,3 +261,19 @@ exit $status
     assert len(load_manifest(fbank / "synth_cuts_train.jsonl.gz")) == 3 * 8  # x3: speeds 0.9, 1.0, 1.1
     assert (fbank / ".synth.done").read_text().strip() == "perturb_speed=true"
     assert not (fbank / ".synth.done.started").exists()
+
+
+def test_tail_is_drawn_apart_from_the_other_draws():
+    """Planning a tail moves nothing else: a corpus planned without one
+    (tail None, as before the option) has the same sentences, voices and jitter."""
+    import dataclasses
+
+    from icefall.synth_corpus import SynthConfig, plan_corpus
+
+    with_tail, _ = plan_corpus(SynthConfig(num_train=40, num_dev=6, num_test=6))
+    without, _ = plan_corpus(SynthConfig(num_train=40, num_dev=6, num_test=6, tail=None))
+    for split in with_tail:
+        tails = [u.tail for u in with_tail[split]]
+        assert all(0.05 <= t <= 0.15 for t in tails) and len(set(tails)) > 1
+        assert all(u.tail is None for u in without[split])
+        assert [dataclasses.replace(u, tail=None) for u in with_tail[split]] == without[split]

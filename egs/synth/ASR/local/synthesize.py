@@ -12,12 +12,23 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Optional, Tuple
 
 from icefall.synth_corpus import SynthConfig, VoiceError, synthesize_corpus
 from icefall.text import TextSourceError
 
 
 HELDOUT = Path(__file__).resolve().parent / "heldout" / "sentences.txt"
+
+
+def _tail(value: str) -> Optional[Tuple[float, float]]:
+    if value.strip().lower() == "none":
+        return None
+    try:
+        lo, hi = (float(x) for x in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX seconds or none, got {value!r}")
+    return lo, hi
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -42,6 +53,9 @@ def get_parser() -> argparse.ArgumentParser:
     for split in ("train", "dev", "test"):
         p.add_argument(f"--{split}-variants", default=",".join(d.variants(split)),
                        help=f"espeak voice variants of the {split} split")
+    p.add_argument("--tail", type=_tail, default=",".join(map(str, d.tail)),
+                   help="MIN,MAX: seconds of silence kept after the speech, drawn uniformly "
+                   "(espeak-ng adds about 0.3 s); 'none' keeps all of it")
     p.add_argument("--nj", type=int, default=2, help="synthesis processes")
     return p
 
@@ -56,7 +70,7 @@ def main() -> None:
         seed=args.seed, text_source=args.text_source, heldout=args.heldout or None,
         languages=split_list(args.languages),
         train_variants=split_list(args.train_variants), dev_variants=split_list(args.dev_variants),
-        test_variants=split_list(args.test_variants),
+        test_variants=split_list(args.test_variants), tail=args.tail,
     )
     start = time.time()
     try:
