@@ -205,6 +205,23 @@ def load_bpe_model(filename: PathLike):
     return sp
 
 
+def sample_segmentations(sp, texts: Sequence[str], alpha: float, seed: Tuple[int, ...]) -> List[List[int]]:
+    """Token ids of ``texts``, each segmentation sampled from the
+    sentencepiece model (subword regularisation, Kudo 2018): for a unigram
+    model, among all segmentations with probability proportional to
+    ``P(segmentation) ** alpha``; for a BPE model, BPE-dropout with rate
+    ``alpha``.  The same ``seed`` (e.g. seed, update, rank) gives the same
+    segmentations, so a resumed training samples what an uninterrupted one did.
+    """
+    import zlib
+
+    import sentencepiece as spm
+
+    spm.set_random_generator_seed(zlib.crc32(repr(tuple(seed)).encode()))
+    # One text at a time: batched encoding samples in a thread pool, in no fixed order.
+    return [sp.encode(t, out_type=int, enable_sampling=True, alpha=alpha, nbest_size=-1) for t in texts]
+
+
 def bpe_symbol_table(sp) -> SymbolTable:
     """The ``tokens.txt`` table of a sentencepiece model."""
     return SymbolTable.from_pairs((sp.id_to_piece(i), i) for i in range(sp.get_piece_size()))

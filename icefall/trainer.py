@@ -138,6 +138,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, exp_dir: str) -> Non
     g.add_argument("--max-batches", type=int, default=0, help="stop after this many batches in all (0: no limit)")
     g.add_argument("--min-duration", type=float, default=1.0, help="drop shorter training cuts (seconds)")
     g.add_argument("--max-cut-duration", type=float, default=20.0, help="drop longer training cuts (seconds)")
+    g.add_argument("--subword-sampling-alpha", type=float, default=0.0,
+                   help="subword regularisation: each training transcript is segmented by sampling "
+                        "from the sentencepiece model (alpha: its smoothing, 0 < alpha <= 1, lower "
+                        "samples more varied, shorter pieces); 0: always the best segmentation, as icefall")
     g.add_argument("--lr-cooldown-epochs", type=float, default=0.0,
                    help="over the last N of --num-epochs, scale the scheduler's learning rate down linearly "
                         "to 0 at the end (0: no cooldown, as icefall; at most --num-epochs - 1)")
@@ -163,6 +167,8 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("start_batch", "keep_last_k", "max_batches"):
         if getattr(args, name) < 0:
             raise TrainingError(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
+    if not 0 <= args.subword_sampling_alpha <= 1:
+        raise TrainingError(f"--subword-sampling-alpha must be in [0, 1], got {args.subword_sampling_alpha}")
     if args.use_fp16 and args.use_bf16:
         raise TrainingError("--use-fp16 and --use-bf16 exclude each other: choose one")
     if args.start_epoch > args.num_epochs:
@@ -301,9 +307,16 @@ class Trainer:
             scheduler=self.scheduler, scaler=self.scaler, sampler=sampler, config=self.config, rank=self.rank,
         )
 
-    def _add_tokens(self, batch: Dict) -> Dict:
+    def _add_tokens(self, batch: Dict, training: bool) -> Dict:
         sup = batch["supervisions"]
-        sup["token_ids"] = self.sp.encode(sup["text"], out_type=int)
+        alpha = self.params.subword_sampling_alpha
+        if training and alpha > 0:
+            from icefall.tokens import sample_segmentations
+
+            sup["token_ids"] = sample_segmentations(self.sp, sup["text"], alpha,
+                                                    seed=(self.params.seed, self.params.batch_idx_train, self.rank))
+        else:
+            sup["token_ids"] = self.sp.encode(sup["text"], out_type=int)
         return batch
 
     def train_one_epoch(self, train_dl, valid_dl, rng_state: Optional[Dict] = None) -> bool:
@@ -335,7 +348,7 @@ class Trainer:
             p.cur_batch_idx += 1
             batch_size = len(batch["supervisions"]["text"])
             with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast):
-                loss, info = self.recipe.compute_loss(p, model, self._add_tokens(batch), True)
+                loss, info = self.recipe.compute_loss(p, model, self._add_tokens(batch, True), True)
             stepped = self._step(loss, info)
             if stepped:
                 audio_seconds += float(batch["supervisions"]["num_frames"].sum()) * 0.01
@@ -415,7 +428,7 @@ class Trainer:
         tot = MetricsTracker()
         with torch.no_grad():
             for batch in valid_dl:
-                loss, info = self.recipe.compute_loss(self.params, model, self._add_tokens(batch), False)
+                loss, info = self.recipe.compute_loss(self.params, model, self._add_tokens(batch, False), False)
                 if math.isfinite(info["loss"]):
                     tot = tot + info
         tot.reduce(self.device)

@@ -11,6 +11,7 @@ from icefall.tokens import (
     load_bpe_model,
     read_lexicon,
     read_tokens,
+    sample_segmentations,
     train_bpe_model,
     write_lexicon,
     write_tokens,
@@ -94,3 +95,44 @@ def test_a_tokens_file_that_is_not_utf8_is_named(tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(TokenFileError, match="not UTF-8"):
         read_lexicon(path)
+
+
+def test_sampled_segmentations_follow_the_unigram_model(tmp_path):
+    """Subword regularisation against brute force: every segmentation of a
+    word into the model's pieces, weighted by exp(alpha * sum of the pieces'
+    log-probabilities), against the frequencies of 4000 seeded draws."""
+    import collections
+    import math
+
+    words = ("HELLO HELP HELD YELLOW MELLOW FELLOW HELM CELLO SHELL BELOW WORLD WORD WORK WORRY THE "
+             "THEN THERE CAT CATCH MATCH MAT SAT SATURDAY ON ONE ONCE DOG DOGS RAN RANG FAST FASTER "
+             "LAST LATER").split()
+    lines = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(6)) for i in range(400)]
+    (tmp_path / "text.txt").write_text("\n".join(lines) + "\n")
+    sp = load_bpe_model(train_bpe_model(tmp_path / "text.txt", tmp_path / "bpe", vocab_size=40))
+    pieces = {sp.id_to_piece(i): i for i in range(3, sp.get_piece_size())}
+    alpha, word = 0.2, "\u2581FASTER"  # FASTER, FAST E R, F A S T E R
+
+    def segmentations(rest):
+        if not rest:
+            yield ()
+        for end in range(1, len(rest) + 1):
+            if rest[:end] in pieces:
+                for tail in segmentations(rest[end:]):
+                    yield (pieces[rest[:end]],) + tail
+
+    weights = {s: math.exp(alpha * sum(sp.get_score(i) for i in s)) for s in segmentations(word)}
+    assert len(weights) == 3
+    total = sum(weights.values())
+    draws = collections.Counter(tuple(sample_segmentations(sp, ["FASTER"], alpha, seed=(k,))[0])
+                                for k in range(4000))  # with alpha 0.5: 0.17 away
+    assert set(draws) <= set(weights)
+    distance = sum(abs(draws[s] / 4000 - w / total) for s, w in weights.items()) / 2
+    assert distance < 0.03, (distance, draws.most_common(5))
+
+    texts = ["HELLO WORLD", "THE FASTER CAT SAT ON THE YELLOW MAT"]
+    once = sample_segmentations(sp, texts, alpha, seed=(1, 2, 0))
+    assert once == sample_segmentations(sp, texts, alpha, seed=(1, 2, 0))
+    assert [sp.decode(ids) for ids in once] == texts
+    others = [sample_segmentations(sp, texts, alpha, seed=(1, 2, r)) for r in range(1, 20)]
+    assert any(o != once for o in others)

@@ -72,6 +72,7 @@ def wrong_dir(tmp_path):
     ("no_ckpt", ["--start-epoch", "99", "--num-epochs", "99"], "epoch-98.pt not found; "),
     ("bad_ckpt", ["--start-batch", "7"], "checkpoint-7.pt: not a readable checkpoint"),
     ("no_manifests", ["--manifest-dir", "data/nope"], "--manifest-dir data/nope: not found"),
+    ("alpha", ["--subword-sampling-alpha", "1.5"], "--subword-sampling-alpha must be in [0, 1], got 1.5"),
 ])
 def test_user_mistakes_give_one_line_and_exit_2(tiny_recipe, tmp_path, case, extra, expected):
     exp = tiny_recipe.workdir / "exp_mistakes"
@@ -261,3 +262,29 @@ def test_first_epoch_length_estimate_follows_the_batches_seen():
     assert refine_epoch_estimate(2000, 520, 20, 400.0, 50_000.0) == 2500
     # never below the batches already trained
     assert refine_epoch_estimate(2000, 2100, 100, 2600.0, 50_000.0) == 2100
+
+
+def test_subword_sampling_segments_training_batches_only(tiny_recipe):
+    """--subword-sampling-alpha: training batches get sampled segmentations
+    of their text, a function of (seed, update, rank); validation batches the
+    best one."""
+    from types import SimpleNamespace
+
+    from icefall.tokens import load_bpe_model
+    from icefall.trainer import Trainer
+    from icefall.utils import AttributeDict
+
+    sp = load_bpe_model(tiny_recipe.workdir / tiny_recipe.lang_dir / "bpe.model")
+    texts = ["THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG", "SHE SELLS SEA SHELLS BY THE SEA SHORE"]
+
+    def tokens(training, update, rank=0, alpha=0.2):
+        params = AttributeDict(subword_sampling_alpha=alpha, seed=42, batch_idx_train=update)
+        trainer = SimpleNamespace(params=params, sp=sp, rank=rank)
+        return Trainer._add_tokens(trainer, {"supervisions": {"text": texts}}, training)["supervisions"]["token_ids"]
+
+    best = sp.encode(texts, out_type=int)
+    assert tokens(False, 3) == best and tokens(True, 3, alpha=0.0) == best
+    sampled = [tokens(True, u, r) for u in range(6) for r in range(2)]
+    assert all([sp.decode(ids) for ids in s] == texts for s in sampled)
+    assert sum(s != best for s in sampled) >= 8 and len({str(s) for s in sampled}) >= 8
+    assert tokens(True, 4, 1) == tokens(True, 4, 1)
