@@ -69,6 +69,8 @@ nhead=4
 dim_feedforward=576
 decoder_dim=256
 joiner_dim=256
+# Tokens of left context the stateless decoder sees (icefall's 2: a trigram).
+context_size=2
 # Conv2dSubsampling's channels: icefall's 8,32,128 make the front end a
 # quarter of this small model's training step; 4,16,64 is 14% faster a step.
 subsampling_channels=4,16,64
@@ -92,6 +94,10 @@ layer_dropout=0.0
 # points lower greedy WER (test / held-out) and 1.0 / 1.7 lower with modified
 # beam search (RESULTS.md). A modified model is decoded one token per frame.
 rnnt_type=modified
+# Subword regularisation (train.py --subword-sampling-alpha): 0 trains on the
+# best BPE segmentation of each transcript, as icefall; a value in (0, 1]
+# samples one per transcript and update (lower: shorter, more varied pieces).
+subword_sampling_alpha=0
 # Training runs in up to two phases (train.py is called twice, the second
 # call resuming from the first one's last epoch):
 #   epochs 1 .. phase2_epoch-1: no SpecAugment, no dropout, Eden's decay over
@@ -118,8 +124,8 @@ max_sym_per_frame=auto
 use_bf16=auto
 
 __option_names="stage stop_stage num_train num_dev num_test heldout vocab_size exp_dir num_epochs avg
-  max_duration num_encoder_layers encoder_dim nhead dim_feedforward decoder_dim joiner_dim
-  initial_lr lr_batches lr_epochs lr_cooldown_epochs model_warm_step average_period dropout layer_dropout rnnt_type phase2_epoch
+  max_duration num_encoder_layers encoder_dim nhead dim_feedforward decoder_dim joiner_dim context_size
+  initial_lr lr_batches lr_epochs lr_cooldown_epochs model_warm_step average_period dropout layer_dropout rnnt_type subword_sampling_alpha phase2_epoch
   phase2_lr_epochs world_size num_workers beam_size max_sym_per_frame use_bf16
   subsampling_channels"
 . "$here/../../shared/parse_options.sh"
@@ -213,6 +219,7 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
       --dim-feedforward "$dim_feedforward" \
       --decoder-dim "$decoder_dim" \
       --joiner-dim "$joiner_dim" \
+      --context-size "$context_size" \
       --subsampling-channels "$subsampling_channels" \
       --initial-lr "$initial_lr" \
       --lr-batches "$lr_batches" \
@@ -220,6 +227,7 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
       --dropout "$dropout" \
       --layer-dropout "$layer_dropout" \
       --rnnt-type "$rnnt_type" \
+      --subword-sampling-alpha "$subword_sampling_alpha" \
       --average-period "$average_period" \
       --use-bf16 "$use_bf16" \
       --save-every-n 200 \
