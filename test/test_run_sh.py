@@ -87,6 +87,9 @@ def test_rerun_resumes_after_the_last_epoch(recipe):
     (["--lr-cooldown-epochs", "x"], "--lr-cooldown-epochs must be a number >= 0, got 'x'"),
     (["--rnnt-type", "constrained"], "--rnnt-type must be regular or modified, got 'constrained'"),
     (["--max-sym-per-frame", "0"], "--max-sym-per-frame must be auto or a whole number >= 1, got '0'"),
+    (["--context-size", "0"], "--context-size must be a whole number >= 1, got '0'"),
+    (["--subword-sampling-alpha", "1.5"], "--subword-sampling-alpha must be a number in [0, 1], got '1.5'"),
+    (["--subword-sampling-alpha", "-0.1"], "--subword-sampling-alpha must be a number in [0, 1], got '-0.1'"),
 ])
 def test_bad_epoch_flags_fail_before_anything_runs(tmp_path, flags, message):
     workdir = REPO / "egs/synth/ASR"

@@ -133,7 +133,7 @@ __option_names="stage stop_stage num_train num_dev num_test heldout vocab_size e
 
 # Flags checked before anything runs, so that a long training does not end
 # in a decoding stage that cannot work.
-for flag in num_epochs avg phase2_epoch; do
+for flag in num_epochs avg phase2_epoch context_size; do
   if ! [[ ${!flag} =~ ^[0-9]+$ ]] || [ "${!flag}" -lt 1 ]; then
     echo "$0: --${flag//_/-} must be a whole number >= 1, got '${!flag}'" >&2
     exit 2
@@ -147,6 +147,10 @@ if awk -v c="$lr_cooldown_epochs" -v n="$num_epochs" 'BEGIN { exit !(c + 0 > n -
   log "--lr-cooldown-epochs $lr_cooldown_epochs needs more than $num_epochs epochs (the first one" \
     "measures an epoch's length): using $((num_epochs - 1))"
   lr_cooldown_epochs=$((num_epochs - 1))
+fi
+if ! awk -v a="$subword_sampling_alpha" 'BEGIN { exit !(a ~ /^[0-9]*\.?[0-9]+$/ && a + 0 <= 1) }'; then
+  echo "$0: --subword-sampling-alpha must be a number in [0, 1], got '$subword_sampling_alpha'" >&2
+  exit 2
 fi
 case "$rnnt_type" in
   modified) msf_auto=1 ;;
