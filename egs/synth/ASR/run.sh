@@ -3,9 +3,10 @@
 #
 #   cd egs/synth/ASR && ./run.sh
 #
-# About 23-28 minutes on 2 idle CPU cores with the defaults (18,000 utterances,
-# 4 epochs, bfloat16 where the CPU has it); RESULTS.md has the WERs and what
-# other set-ups give.
+# About 34 minutes on 2 CPU cores with the defaults (18,000 utterances, 4
+# epochs, bfloat16 where the CPU has it) in the last fresh-clone run; 23 to 42
+# in this shared machine's fastest and slowest hours. RESULTS.md has the WERs
+# and what other set-ups give.
 #
 # Stages (--stage N --stop-stage M):
 #   0 prepare.sh: synthesise the corpus, manifests, fbank, BPE, lang dir
