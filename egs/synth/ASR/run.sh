@@ -140,7 +140,12 @@ for flag in num_epochs avg phase2_epoch context_size; do
     exit 2
   fi
 done
-if ! awk -v c="$lr_cooldown_epochs" 'BEGIN { exit !(c ~ /^[0-9]*\.?[0-9]+$/) }'; then
+# True when $1 is a plain number >= 0 (digits, at most one decimal point),
+# and no larger than $2 if given.
+nonneg_number() {
+  awk -v x="$1" -v top="${2:-}" 'BEGIN { exit !(x ~ /^[0-9]*\.?[0-9]+$/ && (top == "" || x + 0 <= top + 0)) }'
+}
+if ! nonneg_number "$lr_cooldown_epochs"; then
   echo "$0: --lr-cooldown-epochs must be a number >= 0, got '$lr_cooldown_epochs'" >&2
   exit 2
 fi
@@ -149,7 +154,7 @@ if awk -v c="$lr_cooldown_epochs" -v n="$num_epochs" 'BEGIN { exit !(c + 0 > n -
     "measures an epoch's length): using $((num_epochs - 1))"
   lr_cooldown_epochs=$((num_epochs - 1))
 fi
-if ! awk -v a="$subword_sampling_alpha" 'BEGIN { exit !(a ~ /^[0-9]*\.?[0-9]+$/ && a + 0 <= 1) }'; then
+if ! nonneg_number "$subword_sampling_alpha" 1; then
   echo "$0: --subword-sampling-alpha must be a number in [0, 1], got '$subword_sampling_alpha'" >&2
   exit 2
 fi
