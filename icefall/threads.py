@@ -1,4 +1,5 @@
-"""CPU thread settings for the recipe scripts: OpenMP waiting and thread count.
+"""CPU runtime settings for the recipe scripts: OpenMP waiting, thread count
+and oneDNN's primitive cache.
 
 Two calls, one on each side of ``import torch``::
 
@@ -24,6 +25,18 @@ Thread count, first match wins:
   2. ``OMP_NUM_THREADS`` (the usual one; torch also reads it),
   3. min(usable cores, DEFAULT_MAX_THREADS).
 
+oneDNN's primitive cache: on CPU, PyTorch runs bfloat16 matrix products and
+all convolutions through oneDNN, which compiles a "primitive" for every new
+input shape and keeps the last ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` of them
+(1024 by default).  Training batches come in hundreds of shapes (the
+number of utterances and the padded length vary from batch to batch) and a
+step of a small model needs a few hundred primitives, so with the default
+the cache holds a handful of shapes and most steps compile their primitives
+again: a bfloat16 epoch of run.sh's model took 490 s with the default and
+356 s with a capacity of 65536 (RESULTS.md, section "2026-12-01 (sixth)").
+``set_thread_env`` sets ``PRIMITIVE_CACHE_CAPACITY`` unless the user set the
+variable; like the OpenMP policy it is read when torch first uses oneDNN.
+
 This module must not import torch (set_thread_env runs before it is loaded).
 """
 
@@ -32,7 +45,7 @@ import sys
 import warnings
 from typing import Optional
 
-__all__ = ["DEFAULT_MAX_THREADS", "set_thread_env", "apply_num_threads",
+__all__ = ["DEFAULT_MAX_THREADS", "PRIMITIVE_CACHE_CAPACITY", "set_thread_env", "apply_num_threads",
            "usable_cores"]
 
 # Threads used when the user sets none (fewer if there are fewer cores).
@@ -43,6 +56,11 @@ __all__ = ["DEFAULT_MAX_THREADS", "set_thread_env", "apply_num_threads",
 DEFAULT_MAX_THREADS = 2
 
 _ENV_THREADS = "ICEFALL_NUM_THREADS"
+
+# oneDNN primitives kept for reuse (see the module docstring); a primitive
+# takes some tens of kB, so a full cache costs about 1-2 GB of memory.
+PRIMITIVE_CACHE_CAPACITY = 65536
+_ENV_CACHE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 
 
 def usable_cores() -> int:
@@ -82,8 +100,9 @@ def chosen_num_threads() -> int:
 def set_thread_env() -> int:
     """Set the OpenMP environment for torch; call it before ``import torch``.
 
-    Sets ``OMP_WAIT_POLICY=passive`` unless the user set a policy, and
-    ``ICEFALL_NUM_THREADS`` to the chosen thread count (see the module
+    Sets ``OMP_WAIT_POLICY=passive`` unless the user set a policy,
+    ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` to PRIMITIVE_CACHE_CAPACITY unless the
+    user set one, and ``ICEFALL_NUM_THREADS`` to the chosen thread count (see the module
     docstring), so that processes started from this one (DDP workers, data
     loaders) inherit the same choice.  ``OMP_NUM_THREADS`` is left as the
     user set it: icefall.dist shares the cores among DDP processes only when
@@ -100,6 +119,7 @@ def set_thread_env() -> int:
                       "process; call it at the top of the script",
                       stacklevel=2)
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    os.environ.setdefault(_ENV_CACHE, str(PRIMITIVE_CACHE_CAPACITY))
     try:
         n = chosen_num_threads()
     except ValueError as e:

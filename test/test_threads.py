@@ -22,13 +22,14 @@ print(json.dumps({
     "chosen": chosen, "applied": applied,
     "torch_threads": torch.get_num_threads(),
     "policy_before_torch": seen_before_torch.get("OMP_WAIT_POLICY"),
+    "cache_before_torch": seen_before_torch.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"),
     "icefall_threads": os.environ.get("ICEFALL_NUM_THREADS"),
     "omp_threads": os.environ.get("OMP_NUM_THREADS"),
     "cores": len(os.sched_getaffinity(0)),
 }))
 """
 
-VARS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "ICEFALL_NUM_THREADS")
+VARS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "ICEFALL_NUM_THREADS", "ONEDNN_PRIMITIVE_CACHE_CAPACITY")
 
 
 def run(**env_vars):
@@ -49,6 +50,7 @@ def test_defaults_set_before_torch_loads():
 
     r = result()
     assert r["policy_before_torch"] == "passive"
+    assert r["cache_before_torch"] == "65536"  # oneDNN's default, 1024, thrashes in training
     expected = min(r["cores"], DEFAULT_MAX_THREADS)
     assert r["chosen"] == r["applied"] == r["torch_threads"] == expected
     assert r["icefall_threads"] == str(expected)  # inherited by children
@@ -56,8 +58,9 @@ def test_defaults_set_before_torch_loads():
 
 
 def test_user_settings_are_kept():
-    r = result(OMP_WAIT_POLICY="active", OMP_NUM_THREADS="1")
+    r = result(OMP_WAIT_POLICY="active", OMP_NUM_THREADS="1", ONEDNN_PRIMITIVE_CACHE_CAPACITY="0")
     assert r["policy_before_torch"] == "active"
+    assert r["cache_before_torch"] == "0"
     assert r["omp_threads"] == "1"
     assert r["chosen"] == r["torch_threads"] == 1
 
