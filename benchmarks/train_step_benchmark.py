@@ -12,11 +12,24 @@ With --compare, it times the step instead in float32 and in bfloat16
 autocast (as train.py --use-bf16), with icefall's front end (8,32,128) and
 run.sh's lighter one (4,16,64), and prints the four times and their ratios
 to float32 with icefall's front end (measured in the same run).
+
+With --varying-shapes, it times run.sh's step (bfloat16 autocast, front end
+4,16,64, modified topology) on batches whose shapes change from step to
+step as real ones do (a padded length of 150-580 fbank frames, as many
+utterances as fit in 25 s), once for each oneDNN primitive-cache capacity in
+--capacities (each in a fresh process: the capacity is read when torch
+first uses oneDNN), and prints the mean step of the second half of --steps
+(the cache is warm by then):
+
+  python benchmarks/train_step_benchmark.py --varying-shapes --threads 1
 """
 
 import argparse
 import contextlib
+import os
+import random
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "egs/librispeech/ASR/pruned_transducer_stateless3"))
 sys.path.insert(0, str(REPO))
 
+from icefall.cli import HelpFormatter  # noqa: E402
 from icefall.mutual_information import mutual_information_recursion  # noqa: E402
 from icefall.optim import Eve  # noqa: E402
 from model import build_model  # noqa: E402
@@ -46,16 +60,24 @@ def median_time(fn, runs: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=16)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--batch", type=int, default=16, help="utterances in the batch")
     parser.add_argument("--frames", type=int, default=400, help="T after subsampling")
-    parser.add_argument("--symbols", type=int, default=100)
-    parser.add_argument("--vocab", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--symbols", type=int, default=100, help="tokens per utterance")
+    parser.add_argument("--vocab", type=int, default=256, help="vocabulary size")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs (the median is printed)")
     parser.add_argument("--compare", action="store_true",
                         help="time float32 against bfloat16 autocast, with both front ends")
+    parser.add_argument("--varying-shapes", action="store_true",
+                        help="time steps on batches of changing shapes, per oneDNN cache capacity")
+    parser.add_argument("--capacities", default="1024,65536",
+                        help="--varying-shapes: ONEDNN_PRIMITIVE_CACHE_CAPACITY values (1024: oneDNN's default)")
+    parser.add_argument("--steps", type=int, default=200, help="--varying-shapes: steps per capacity")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.varying_shapes:
+        return varying_shapes(args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -107,6 +129,44 @@ def main() -> None:
     print(f"training step (forward + backward + optimizer): {t_step:.3f} s")
     print(f"mutual_information_recursion (forward + backward): {t_rec:.4f} s "
           f"= {100 * t_rec / t_step:.1f}% of the step (the step runs it twice: simple and pruned loss)")
+
+
+def varying_shapes(args) -> None:
+    """Parent: one child process per capacity. Child: time the steps."""
+    if not args.child:
+        print(f"run.sh's training step on batches of varying shape, {args.steps} steps, "
+              f"threads={args.threads}; mean of the second half")
+        base = None
+        for capacity in args.capacities.split(","):
+            env = {**os.environ, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": capacity}
+            out = subprocess.run([sys.executable, __file__, "--varying-shapes", "--child",
+                                  "--threads", str(args.threads), "--steps", str(args.steps)],
+                                 env=env, capture_output=True, text=True, check=True)
+            t = float(out.stdout.split()[-1])
+            base = base or t
+            print(f"  cache capacity {capacity:>6}: {1000 * t:.0f} ms a step ({base / t:.2f}x)")
+        return
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = build_model({**SMALL, "vocab_size": 256, "subsampling_channels": [4, 16, 64],
+                         "dropout": 0.0, "layer_dropout": 0.0, "rnnt_type": "modified"}).train()
+    optimizer = Eve(model.parameters(), lr=1e-3)
+    rng = random.Random(0)
+    times = []
+    for _ in range(args.steps):
+        frames = rng.randint(150, 580)
+        batch = max(1, 2500 // frames)
+        x = torch.randn(batch, frames, 80)
+        y = torch.randint(1, 256, (batch, frames // 15)).tolist()
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            simple, pruned = model(x, torch.full((batch,), frames), y, prune_range=5, am_scale=0.0,
+                                   lm_scale=0.25, warmup=2.0)
+        (0.5 * simple + pruned).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter() - start)
+    print(statistics.mean(times[len(times) // 2:]))
 
 
 if __name__ == "__main__":
