@@ -3,10 +3,10 @@
 #
 #   cd egs/synth/ASR && ./run.sh
 #
-# About 34 minutes on 2 CPU cores with the defaults (18,000 utterances, 4
-# epochs, bfloat16 where the CPU has it) in the last fresh-clone run; 23 to 42
-# in this shared machine's fastest and slowest hours. RESULTS.md has the WERs
-# and what other set-ups give.
+# About 27 minutes on 2 CPU cores with the defaults (18,000 utterances, 4
+# epochs, bfloat16 where the CPU has it) in the last fresh-clone run; this
+# shared machine's speed varies by up to 1.9x between hours. RESULTS.md has
+# the WERs and what other set-ups give.
 #
 # Stages (--stage N --stop-stage M):
 #   0 prepare.sh: synthesise the corpus, manifests, fbank, BPE, lang dir
@@ -42,7 +42,8 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 stage=0
 stop_stage=100
 # corpus (prepare.sh)
-# 4 epochs of 20,000 took 30 min 8 s in all; 18,000 leave a margin.
+# 18,000 x 4 epochs: 26.5 min in all in the last fresh-clone run; 15,000 x 5
+# epochs took 28 min and was no better (RESULTS.md).
 num_train=18000
 num_dev=300
 num_test=300
