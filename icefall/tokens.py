@@ -15,7 +15,7 @@ the standard library.
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from icefall.cli import UserError
 
@@ -206,20 +206,78 @@ def load_bpe_model(filename: PathLike):
 
 
 def sample_segmentations(sp, texts: Sequence[str], alpha: float, seed: Tuple[int, ...]) -> List[List[int]]:
-    """Token ids of ``texts``, each segmentation sampled from the
-    sentencepiece model (subword regularisation, Kudo 2018): for a unigram
-    model, among all segmentations with probability proportional to
-    ``P(segmentation) ** alpha``; for a BPE model, BPE-dropout with rate
-    ``alpha``.  The same ``seed`` (e.g. seed, update, rank) gives the same
-    segmentations, so a resumed training samples what an uninterrupted one did.
+    """Token ids of ``texts``, each segmentation sampled from the unigram
+    sentencepiece model (subword regularisation, Kudo 2018): among all
+    segmentations of a word into the model's pieces, with probability
+    proportional to ``P(segmentation) ** alpha``, the distribution of
+    sentencepiece's ``enable_sampling`` with ``nbest_size=-1``.  The same
+    ``seed`` (e.g. seed, update, rank) gives the same segmentations in any
+    process, so a resumed training samples what an uninterrupted one did.
+
+    Why not sentencepiece's own sampler: its random generator is not
+    reproducible (the same seed gave other draws in another process).  Pieces
+    never span two words (sentencepiece splits at whitespace), so sampling each
+    word on its own gives the sentence's distribution.  A word the pieces
+    cannot spell (a character outside the model) gets sentencepiece's best
+    segmentation.
     """
+    import random
     import zlib
 
-    import sentencepiece as spm
+    pieces, longest = _piece_scores(sp)
+    rng = random.Random(zlib.crc32(repr(tuple(seed)).encode()))
+    out = []
+    for text in texts:
+        ids: List[int] = []
+        for word in text.split():
+            sampled = _sample_word("\u2581" + word, pieces, longest, alpha, rng)
+            ids.extend(sampled if sampled is not None else sp.encode(word, out_type=int))
+        out.append(ids)
+    return out
 
-    spm.set_random_generator_seed(zlib.crc32(repr(tuple(seed)).encode()))
-    # One text at a time: batched encoding samples in a thread pool, in no fixed order.
-    return [sp.encode(t, out_type=int, enable_sampling=True, alpha=alpha, nbest_size=-1) for t in texts]
+
+_PIECE_SCORES: Dict[int, tuple] = {}
+
+
+def _piece_scores(sp) -> Tuple[Dict[str, Tuple[int, float]], int]:
+    """{piece: (id, log-probability)} of the model's normal pieces and the
+    longest piece's length, computed once per model object."""
+    key = id(sp)
+    if key not in _PIECE_SCORES or _PIECE_SCORES[key][0] is not sp:
+        table = {sp.id_to_piece(i): (i, sp.get_score(i)) for i in range(sp.get_piece_size())
+                 if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i))}
+        _PIECE_SCORES[key] = (sp, table, max(map(len, table), default=1))
+    _, table, longest = _PIECE_SCORES[key]
+    return table, longest
+
+
+def _sample_word(word: str, pieces: Dict[str, Tuple[int, float]], longest: int, alpha: float,
+                 rng) -> Optional[List[int]]:
+    """One segmentation of ``word`` drawn by forward filtering, backward
+    sampling over its lattice of pieces; None if no segmentation exists."""
+    import math
+
+    def arcs(end: int):  # (start, id, weight) of the pieces ending at `end`
+        for start in range(max(0, end - longest), end):
+            hit = pieces.get(word[start:end])
+            if hit is not None and forward[start] > -math.inf:
+                yield start, hit[0], forward[start] + alpha * hit[1]
+
+    forward = [0.0] + [-math.inf] * len(word)  # log-sum of the weights of word[:i]'s segmentations
+    for end in range(1, len(word) + 1):
+        weights = [w for _, _, w in arcs(end)]
+        if weights:
+            top = max(weights)
+            forward[end] = top + math.log(sum(math.exp(w - top) for w in weights))
+    if forward[-1] == -math.inf:
+        return None
+    ids, end = [], len(word)
+    while end > 0:
+        choices = list(arcs(end))
+        start, piece, _ = rng.choices(choices, [math.exp(w - forward[end]) for _, _, w in choices])[0]
+        ids.append(piece)
+        end = start
+    return ids[::-1]
 
 
 def bpe_symbol_table(sp) -> SymbolTable:

@@ -136,3 +136,15 @@ def test_sampled_segmentations_follow_the_unigram_model(tmp_path):
     assert [sp.decode(ids) for ids in once] == texts
     others = [sample_segmentations(sp, texts, alpha, seed=(1, 2, r)) for r in range(1, 20)]
     assert any(o != once for o in others)
+    # The same seed in another process: the draws must not depend on the process.
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from icefall.tokens import load_bpe_model, sample_segmentations; "
+            "sp = load_bpe_model(sys.argv[1]); "
+            "print(json.dumps([sample_segmentations(sp, json.loads(sys.argv[2]), 0.2, seed=(1, 2, r)) "
+            "for r in range(20)]))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "bpe.model"), json.dumps(texts)],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == [once] + others
