@@ -140,7 +140,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, exp_dir: str) -> Non
     g.add_argument("--max-cut-duration", type=float, default=20.0, help="drop longer training cuts (seconds)")
     g.add_argument("--subword-sampling-alpha", type=float, default=0.0,
                    help="subword regularisation: each training transcript is segmented by sampling "
-                        "from the sentencepiece model (alpha: its smoothing, 0 < alpha <= 1, lower "
+                        "from the unigram sentencepiece model (alpha: its smoothing, 0 < alpha <= 1, lower "
                         "samples more varied, shorter pieces); 0: always the best segmentation, as icefall")
     g.add_argument("--lr-cooldown-epochs", type=float, default=0.0,
                    help="over the last N of --num-epochs, scale the scheduler's learning rate down linearly "
