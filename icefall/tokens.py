@@ -13,6 +13,7 @@ sentencepiece is imported lazily, so reading a token table needs nothing but
 the standard library.
 """
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -236,19 +237,14 @@ def sample_segmentations(sp, texts: Sequence[str], alpha: float, seed: Tuple[int
     return out
 
 
-_PIECE_SCORES: Dict[int, tuple] = {}
-
-
+@functools.lru_cache(maxsize=8)
 def _piece_scores(sp) -> Tuple[Dict[str, Tuple[int, float]], int]:
     """{piece: (id, log-probability)} of the model's normal pieces and the
-    longest piece's length, computed once per model object."""
-    key = id(sp)
-    if key not in _PIECE_SCORES or _PIECE_SCORES[key][0] is not sp:
-        table = {sp.id_to_piece(i): (i, sp.get_score(i)) for i in range(sp.get_piece_size())
-                 if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i))}
-        _PIECE_SCORES[key] = (sp, table, max(map(len, table), default=1))
-    _, table, longest = _PIECE_SCORES[key]
-    return table, longest
+    longest piece's length, computed once per model object (the cache keys
+    by identity: sentencepiece processors do not define equality)."""
+    table = {sp.id_to_piece(i): (i, sp.get_score(i)) for i in range(sp.get_piece_size())
+             if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i))}
+    return table, max(map(len, table), default=1)
 
 
 def _sample_word(word: str, pieces: Dict[str, Tuple[int, float]], longest: int, alpha: float,
