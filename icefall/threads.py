@@ -34,8 +34,9 @@ step of a small model needs a few hundred primitives, so with the default
 the cache holds a handful of shapes and most steps compile their primitives
 again: a bfloat16 epoch of run.sh's model took 490 s with the default and
 356 s with a capacity of 65536 (RESULTS.md, section "2026-12-01 (sixth)").
-``set_thread_env`` sets ``PRIMITIVE_CACHE_CAPACITY`` unless the user set the
-variable; like the OpenMP policy it is read when torch first uses oneDNN.
+``set_thread_env`` sets the variable to ``PRIMITIVE_CACHE_CAPACITY`` unless
+the user set it; like the OpenMP policy it is read once, when torch first
+uses oneDNN.
 
 This module must not import torch (set_thread_env runs before it is loaded).
 """
@@ -98,7 +99,7 @@ def chosen_num_threads() -> int:
 
 
 def set_thread_env() -> int:
-    """Set the OpenMP environment for torch; call it before ``import torch``.
+    """Set the OpenMP and oneDNN environment for torch; call it before ``import torch``.
 
     Sets ``OMP_WAIT_POLICY=passive`` unless the user set a policy,
     ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` to PRIMITIVE_CACHE_CAPACITY unless the
