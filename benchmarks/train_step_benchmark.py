@@ -59,6 +59,24 @@ def median_time(fn, runs: int) -> float:
     return statistics.median(times)
 
 
+def make_model(vocab: int, channels, **options):
+    """run.sh's model sizes (seeded) with ``options``, and an Eve optimizer."""
+    torch.manual_seed(0)
+    model = build_model({**SMALL, "vocab_size": vocab, "subsampling_channels": list(channels),
+                         **options}).train()
+    return model, Eve(model.parameters(), lr=1e-3)
+
+
+def train_step(model, optimizer, x, x_lens, y, bf16: bool) -> None:
+    """Forward (in bfloat16 autocast if ``bf16``), backward and optimizer step."""
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with autocast:
+        simple, pruned = model(x, x_lens, y, prune_range=5, am_scale=0.0, lm_scale=0.25, warmup=2.0)
+    (0.5 * simple + pruned).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--batch", type=int, default=16, help="utterances in the batch")
@@ -87,21 +105,8 @@ def main() -> None:
     y = torch.randint(1, args.vocab, (B, S)).tolist()
 
     def make_step(bf16: bool = False, channels=(8, 32, 128)):
-        torch.manual_seed(0)
-        model = build_model({**SMALL, "vocab_size": args.vocab,
-                             "subsampling_channels": list(channels)}).train()
-        optimizer = Eve(model.parameters(), lr=1e-3)
-
-        def step():
-            autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-            with autocast:
-                simple, pruned = model(x, x_lens, y, prune_range=5, am_scale=0.0, lm_scale=0.25,
-                                       warmup=2.0)
-            (0.5 * simple + pruned).backward()
-            optimizer.step()
-            optimizer.zero_grad()
-
-        return step, model
+        model, optimizer = make_model(args.vocab, channels)
+        return (lambda: train_step(model, optimizer, x, x_lens, y, bf16)), model
 
     if args.compare:
         print(f"B={B} T={T} S={S} vocab={args.vocab} threads={args.threads}: training step")
@@ -147,10 +152,7 @@ def varying_shapes(args) -> None:
             print(f"  cache capacity {capacity:>6}: {1000 * t:.0f} ms a step ({base / t:.2f}x)")
         return
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = build_model({**SMALL, "vocab_size": 256, "subsampling_channels": [4, 16, 64],
-                         "dropout": 0.0, "layer_dropout": 0.0, "rnnt_type": "modified"}).train()
-    optimizer = Eve(model.parameters(), lr=1e-3)
+    model, optimizer = make_model(256, (4, 16, 64), dropout=0.0, layer_dropout=0.0, rnnt_type="modified")
     rng = random.Random(0)
     times = []
     for _ in range(args.steps):
@@ -159,12 +161,7 @@ def varying_shapes(args) -> None:
         x = torch.randn(batch, frames, 80)
         y = torch.randint(1, 256, (batch, frames // 15)).tolist()
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            simple, pruned = model(x, torch.full((batch,), frames), y, prune_range=5, am_scale=0.0,
-                                   lm_scale=0.25, warmup=2.0)
-        (0.5 * simple + pruned).backward()
-        optimizer.step()
-        optimizer.zero_grad()
+        train_step(model, optimizer, x, torch.full((batch,), frames), y, bf16=True)
         times.append(time.perf_counter() - start)
     print(statistics.mean(times[len(times) // 2:]))
 
