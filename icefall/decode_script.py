@@ -145,8 +145,9 @@ def decode_main(args, model_module: ModuleType, script: PathLike,
     Args:
       args: flags of :func:`add_decode_arguments`, the recipe's model flags
         and AsrDataModule's.
-      model_module: the recipe's model.py (build_model, config_from_args,
-        frames_after_subsampling; see icefall.model_loading).
+      model_module: the recipe's model.py (build_model, config_from_args;
+        see icefall.model_loading); the loaded model has
+        ``frames_after_subsampling``.
       script: the decode.py file (for "run from this folder" messages).
       configure: optional ``configure(model, args) -> str``, called on the
         loaded model (e.g. to set a causal model's chunk size from the flags);
@@ -185,7 +186,7 @@ def decode_main(args, model_module: ModuleType, script: PathLike,
     data = AsrDataModule(args)
     summary: Dict[str, float] = {}
     for test_set, cuts in data.test_sets().items():
-        cuts, _ = drop_short_cuts(cuts, model_module.frames_after_subsampling, name=test_set)
+        cuts, _ = drop_short_cuts(cuts, model.frames_after_subsampling, name=test_set)
         results, audio_s, decode_s = decode_dataset(data.test_dataloaders(cuts), model, tokens, args)
         wer = save_results(res_dir, test_set, key, suffix, results)
         summary[test_set] = wer

@@ -30,6 +30,7 @@ them, so that ``train.py --help`` is quick.
 """
 
 import argparse
+import functools
 import logging
 import math
 import os
@@ -76,8 +77,9 @@ class Recipe:
       ``batch["supervisions"]["token_ids"]`` holds the BPE ids of each text.
       The tracker has ``frames``; ``loss`` and each other entry but
       ``utterances`` are logged per frame. A non-finite ``loss`` skips the batch.
-    - ``frames_after_subsampling(num_frames) -> int``: cuts with fewer
-      frames than tokens after it are dropped (training and validation).
+    - ``frames_after_subsampling(num_frames, config) -> int``, ``config``
+      being what ``build_model`` returned: cuts with fewer frames than tokens
+      after it are dropped (training and validation).
     - ``find_unused_parameters(params) -> bool``: whether DDP must look for
       parameters without gradients (e.g. layer dropout skips layers).
     - ``before_batch(params, model)``: called before each training batch,
@@ -93,7 +95,7 @@ class Recipe:
     build_model: Callable
     build_optimizer: Callable
     compute_loss: Callable
-    frames_after_subsampling: Callable[[int], int]
+    frames_after_subsampling: Callable[[int, Dict], int]
     find_unused_parameters: Optional[Callable] = None
     before_batch: Optional[Callable] = None
     check_args: Optional[Callable] = None
@@ -635,19 +637,21 @@ def _set_up(params, args, recipe: Recipe, rank: int, world_size: int, device, st
                     find_unused_parameters=unused)
     tb = make_tb_writer(params.exp_dir / "tensorboard") if rank == 0 and params.tensorboard else None
     trainer = Trainer(params, recipe, model, model_avg, optimizer, scheduler, scaler, sp, rank, tb, config, stop)
-    trainer.data, trainer.train_cuts, trainer.valid_dl = _data(params, args, recipe, sp, rank, world_size)
+    frames = functools.partial(recipe.frames_after_subsampling, config=config)
+    trainer.data, trainer.train_cuts, trainer.valid_dl = _data(params, args, frames, sp, rank, world_size)
     return trainer, ckpt
 
 
-def _data(params, args, recipe: Recipe, sp, rank: int, world_size: int):
+def _data(params, args, frames_after_subsampling: Callable[[int], int], sp, rank: int,
+          world_size: int):
     """The data module, the usable training cuts and the validation loader
     (cuts too short for the model dropped from both, and counted)."""
     from icefall.asr_datamodule import AsrDataModule, CutFilter, scan_cuts
 
     data = AsrDataModule(args)
     train_cuts, valid_cuts = data.train_cuts(), data.valid_cuts()
-    train_keep = CutFilter(sp, recipe.frames_after_subsampling, params.min_duration, params.max_cut_duration)
-    valid_keep = CutFilter(sp, recipe.frames_after_subsampling)
+    train_keep = CutFilter(sp, frames_after_subsampling, params.min_duration, params.max_cut_duration)
+    valid_keep = CutFilter(sp, frames_after_subsampling)
     if rank == 0:  # one pass over the cut lists, for the counts and the progress estimate
         train_seconds = scan_cuts(train_cuts, train_keep)
         scan_cuts(valid_cuts, valid_keep)

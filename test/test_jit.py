@@ -25,9 +25,10 @@ SMALL = dict(encoder_dim=64, nhead=4, dim_feedforward=128, num_encoder_layers=2,
              vocab_size=50, decoder_dim=64, joiner_dim=64)
 
 
-def small_model(seed: int = 0, context_size: int = 2):
+def small_model(seed: int = 0, context_size: int = 2, subsampling_factor: int = 4):
     torch.manual_seed(seed)
-    model = build_model({**default_config(), **SMALL, "context_size": context_size})
+    model = build_model({**default_config(), **SMALL, "context_size": context_size,
+                         "subsampling_factor": subsampling_factor})
     return model.eval()
 
 
@@ -154,3 +155,18 @@ def test_export_jit_detects_a_frozen_trace(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="encoder"):
         export_jit(small_model(), tmp_path / "cpu_jit.pt")
     assert not (tmp_path / "cpu_jit.pt").exists()
+
+
+def test_a_factor_6_model_traces_with_its_own_lengths(tmp_path):
+    """The traced encoder of a 60 ms model follows its length rule, not 40 ms's."""
+    model = small_model(subsampling_factor=6)
+    path = tmp_path / "cpu_jit.pt"
+    export_jit(model, path)
+    jit_model = load_jit(path)
+    x, x_lens = example_features(80, [150, 61, 13, 7])
+    with torch.no_grad():
+        want, want_lens = model.encoder(x, x_lens)
+        got, got_lens = jit_model.encoder(x, x_lens)
+    assert want_lens.tolist() == [24, 10, 2, 1] and want.shape[1] == 24
+    assert torch.equal(got_lens, want_lens)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -37,9 +37,9 @@ def _args(checkpoint: Path, **sizes) -> argparse.Namespace:
     return args
 
 
-def _small_model():
+def _small_model(**overrides):
     torch.manual_seed(0)
-    return pts3.build_model({**pts3.default_config(), **SMALL})
+    return pts3.build_model({**pts3.default_config(), **SMALL, **overrides})
 
 
 def test_a_config_that_does_not_match_its_weights_is_refused_before_allocating(tmp_path):
@@ -83,9 +83,24 @@ def test_icefall_file_without_config_uses_the_size_flags(tmp_path):
         load_model(pts3, _args(path), _tokens(), "tokens.txt")  # icefall's default sizes
 
 
-@pytest.mark.parametrize("num_frames", [7, 8, 9, 10, 11, 12, 13, 40, 101])
-def test_frames_after_subsampling_is_what_the_encoder_gives(num_frames):
-    model = _small_model().eval()
+@pytest.mark.parametrize("factor", [4, 6])
+@pytest.mark.parametrize("num_frames", [7, 8, 9, 10, 11, 12, 13, 14, 19, 40, 101])
+def test_frames_after_subsampling_is_what_the_encoder_gives(num_frames, factor):
+    """The length rule against the shape the convolutions actually produce."""
+    model = _small_model(subsampling_factor=factor).eval()
     out, lens = model.forward_encoder(torch.randn(1, num_frames, 80), torch.tensor([num_frames]))
-    assert out.shape[1] == lens.item() == pts3.frames_after_subsampling(num_frames)
-    assert pts3.frames_after_subsampling(6) == 0
+    assert out.shape[1] == lens.item() == pts3.frames_after_subsampling(num_frames, factor)
+    assert model.frames_after_subsampling(num_frames) == out.shape[1]
+    assert pts3.frames_after_subsampling(6, factor) == 0
+    # about one frame per `factor` fbank frames
+    assert abs(pts3.frames_after_subsampling(6001, factor) - 6000 / factor) <= 1
+
+
+def test_a_subsampling_factor_other_than_4_or_6_is_refused():
+    with pytest.raises(ValueError, match="subsampling_factor must be 4 or 6, got 8"):
+        _small_model(subsampling_factor=8)
+    parser = argparse.ArgumentParser()
+    pts3.add_model_arguments(parser)
+    assert parser.parse_args(["--subsampling-factor", "6"]).subsampling_factor == 6
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--subsampling-factor", "8"])

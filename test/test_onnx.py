@@ -397,3 +397,27 @@ def test_onnx_pretrained_decodes_a_long_file_in_chunks_as_pretrained_does(setup,
         assert done and done[-1][0] == done[-1][1] and int(done[-1][1]) >= 3, proc.stderr
     assert len(re.findall(r"t\d+", got.stdout.split("\n")[1])) >= 10  # tokens t2..t49
     assert got.stdout == want.stdout
+
+
+def test_a_factor_6_model_exports_its_frame_rate(tmp_path):
+    """A 60 ms model (--subsampling-factor 6): the encoder's metadata says
+    (T - 1) // 6, and the ONNX encoder gives the PyTorch encoder's frames."""
+    torch.manual_seed(1)
+    config = {**default_config(), **SMALL, "subsampling_factor": 6}
+    model = build_model(config).eval()
+    ckpt = tmp_path / "pretrained.pt"
+    atomic_save({"model": model.state_dict(), "config": config}, ckpt)
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("".join(f"t{i} {i}\n" for i in range(50)), encoding="utf-8")
+    out = tmp_path / "exp"
+    assert _export_onnx_module().main(["--checkpoint", str(ckpt), "--tokens", str(tokens),
+                                       "--output-dir", str(out), "--int8", "false"]) == 0
+    enc = _meta(out / "encoder.onnx")
+    assert (enc["subsampling_factor"], enc["subsampling_offset"]) == ("6", "1")
+    x, x_lens = example_features(80, [250, 111, 31, 7])
+    got, got_lens = _onnx_model(out).run_encoder(x.numpy(), x_lens.numpy())
+    with torch.no_grad():
+        enc_out, enc_lens = model.encoder(x, x_lens)
+        want = model.joiner.encoder_proj(enc_out).numpy()
+    assert got_lens.tolist() == enc_lens.tolist() == [41, 18, 5, 1]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

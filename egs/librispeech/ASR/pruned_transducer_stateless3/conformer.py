@@ -2,6 +2,7 @@
 
 Layout (and state_dict names) as in icefall:
   encoder_embed  Conv2dSubsampling: [B, T, F] -> [B, ((T-1)//2-1)//2, C]
+                 (icefall's factor 4; factor 6 gives ((T-1)//2)//3 frames)
   encoder_pos    RelPositionalEncoding (no parameters)
   encoder.layers N x ConformerEncoderLayer, each:
       feed_forward_macaron -> self_attn (relative position) -> conv_module
@@ -27,13 +28,30 @@ from scaling import (
     ScaledLinear,
 )
 
+# Frame-rate reductions the front end supports (see output_frames).
+SUBSAMPLING_FACTORS = (4, 6)
+
+
+def output_frames(num_frames, subsampling_factor: int = 4):
+    """Encoder frames for ``num_frames`` fbank frames (an int or an integer
+    tensor): a 3x3 convolution with stride 2, then one with stride
+    ``subsampling_factor // 2`` in time, both unpadded: ((T-1)//2 - 1)//2 for
+    4, ((T-1)//2)//3 for 6. Below 1 (fewer than 7 frames) the input is too
+    short for the model."""
+    if subsampling_factor not in SUBSAMPLING_FACTORS:
+        raise ValueError(f"subsampling_factor must be 4 or 6, got {subsampling_factor}")
+    half = (num_frames - 1) >> 1  # shifts, as icefall's (they export to ONNX as such)
+    return ((half - 1) >> 1) if subsampling_factor == 4 else half // 3
+
 
 class Conformer(nn.Module):
     """Conformer encoder.
 
     Args:
       num_features: input feature dim F (e.g. 80 fbank bins).
-      subsampling_factor: must be 4.
+      subsampling_factor: 4 (icefall's: one output frame per 40 ms of 10 ms
+        fbank frames) or 6 (60 ms: a third fewer frames for the layers and
+        the losses; the last convolution strides 3 in time instead of 2).
       d_model: attention/output dim C.
       nhead, dim_feedforward, num_encoder_layers: the usual.
       dropout: dropout rate inside layers and on positional encodings.
@@ -49,12 +67,13 @@ class Conformer(nn.Module):
                  layer_dropout: float = 0.075, cnn_module_kernel: int = 31,
                  subsampling_channels: Sequence[int] = (8, 32, 128)):
         super().__init__()
-        if subsampling_factor != 4:
-            raise ValueError(f"subsampling_factor must be 4, got {subsampling_factor}")
+        if subsampling_factor not in SUBSAMPLING_FACTORS:
+            raise ValueError(f"subsampling_factor must be 4 or 6, got {subsampling_factor}")
         self.num_features = num_features
         self.subsampling_factor = subsampling_factor
         self.d_model = d_model
-        self.encoder_embed = Conv2dSubsampling(num_features, d_model, *subsampling_channels)
+        self.encoder_embed = Conv2dSubsampling(num_features, d_model, *subsampling_channels,
+                                               time_stride=subsampling_factor // 2)
         self.encoder_pos = RelPositionalEncoding(d_model, dropout)
         layer = ConformerEncoderLayer(d_model, nhead, dim_feedforward, dropout,
                                       layer_dropout, cnn_module_kernel)
@@ -69,11 +88,11 @@ class Conformer(nn.Module):
           warmup: training progress; < 1 bypasses layers more (training only).
         Returns:
           (encoder_out [B, T', C], encoder_out_lens [B]) with
-          T' = ((T - 1) // 2 - 1) // 2.
+          T' = output_frames(T, subsampling_factor).
         """
         x = self.encoder_embed(x)
         x, pos_emb = self.encoder_pos(x)
-        lengths = (((x_lens - 1) >> 1) - 1) >> 1
+        lengths = output_frames(x_lens, self.subsampling_factor)
         assert x.size(1) == int(lengths.max()), (x.shape, lengths)
         padding_mask = make_pad_mask(lengths, x.size(1))
         x = x.permute(1, 0, 2)  # layers work on [T, B, C]
@@ -306,15 +325,17 @@ class ConvolutionModule(nn.Module):
 
 
 class Conv2dSubsampling(nn.Module):
-    """Three 3x3 convs (the last two with stride 2), then a linear layer.
+    """Three 3x3 convs (the last two with stride 2; the last one's time
+    stride is `time_stride`), then a linear layer.
 
-    x: [B, T, F] -> [B, ((T-1)//2 - 1)//2, out_channels].  Needs T, F >= 7.
-    `conv` indices 0, 3, 6 are the conv layers (checkpoint names).
+    x: [B, T, F] -> [B, output_frames(T, 2 * time_stride), out_channels].
+    Needs T, F >= 7. `conv` indices 0, 3, 6 are the conv layers (checkpoint
+    names); the weights' shapes do not depend on `time_stride`.
     """
 
     def __init__(self, in_channels: int, out_channels: int,
                  layer1_channels: int = 8, layer2_channels: int = 32,
-                 layer3_channels: int = 128):
+                 layer3_channels: int = 128, time_stride: int = 2):
         super().__init__()
         assert in_channels >= 7, in_channels
         self.conv = nn.Sequential(
@@ -324,7 +345,7 @@ class Conv2dSubsampling(nn.Module):
             ScaledConv2d(layer1_channels, layer2_channels, kernel_size=3, stride=2),
             ActivationBalancer(channel_dim=1),
             DoubleSwish(),
-            ScaledConv2d(layer2_channels, layer3_channels, kernel_size=3, stride=2),
+            ScaledConv2d(layer2_channels, layer3_channels, kernel_size=3, stride=(time_stride, 2)),
             ActivationBalancer(channel_dim=1),
             DoubleSwish(),
         )

@@ -54,7 +54,7 @@ from icefall.onnx_export import (OPSET, add_metadata, check_close, example_featu
 from icefall.tokens import read_tokens  # noqa: E402
 from icefall.utils import str2bool  # noqa: E402
 from jit import TraceableEncoder, convert_scaled_to_plain  # noqa: E402
-from model import add_model_arguments, frames_after_subsampling, load_model  # noqa: E402
+from model import add_model_arguments, load_model  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -124,7 +124,7 @@ def _write_onnx_files(model: nn.Module, out_dir: Path, opset: int, int8: bool,
     add_metadata(paths["encoder"], {
         "model_type": "conformer", "version": "1", "model_author": "icefall-pure-python",
         "comment": "pruned_transducer_stateless3", "feature_dim": model.encoder.num_features,
-        **subsampling_metadata(frames_after_subsampling), "export_id": export_id,
+        **subsampling_metadata(model.frames_after_subsampling), "export_id": export_id,
     })
     # also checks both against the PyTorch model
     export_decoder_and_joiner(plain, paths["decoder"], paths["joiner"], opset, reference=model,

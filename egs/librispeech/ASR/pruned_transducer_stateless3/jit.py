@@ -117,7 +117,7 @@ class TraceableEncoder(nn.Module):
     Uses the Conformer's own submodules (so its weights), in eval mode only.
     forward(x [B, T, F] float, x_lens [B] int64) ->
     (encoder_out [B, T', C], encoder_out_lens [B] int64),
-    T' = ((T - 1) // 2 - 1) // 2, equal to the eager ``Conformer.forward``.
+    T' = output_frames(T, subsampling_factor), equal to the eager ``Conformer.forward``.
     """
 
     def __init__(self, conformer: nn.Module):
@@ -129,13 +129,16 @@ class TraceableEncoder(nn.Module):
         self.encoder_embed = conformer.encoder_embed
         self.layers = conformer.encoder.layers
         self.d_model = conformer.d_model
+        self.subsampling_factor = conformer.subsampling_factor
         self.eval()
 
     def forward(self, x: Tensor, x_lens: Tensor) -> Tuple[Tensor, Tensor]:
         x = self.encoder_embed(x)                                # [B, T', C]
         T = x.size(1)
         pos_emb = rel_pos_emb(T, self.d_model, x)
-        lengths = (((x_lens - 1) >> 1) - 1) >> 1
+        from conformer import output_frames
+
+        lengths = output_frames(x_lens, self.subsampling_factor)
         padding_mask = torch.arange(T, device=x.device).unsqueeze(0) >= lengths.unsqueeze(1)
         x = x.permute(1, 0, 2)
         for layer in self.layers:

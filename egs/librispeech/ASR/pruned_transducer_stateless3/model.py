@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from conformer import Conformer
+from conformer import SUBSAMPLING_FACTORS, Conformer, output_frames
 from decoder import Decoder
 from joiner import Joiner
 from scaling import ScaledLinear
@@ -73,6 +73,11 @@ class Transducer(nn.Module):
         self.simple_am_proj = ScaledLinear(encoder_dim, vocab_size, initial_speed=0.5)
         self.simple_lm_proj = ScaledLinear(decoder_dim, vocab_size)
 
+    def frames_after_subsampling(self, num_frames: int) -> int:
+        """Encoder output frames for ``num_frames`` fbank frames (this model's
+        subsampling factor)."""
+        return output_frames(num_frames, self.encoder.subsampling_factor)
+
     def forward_encoder(self, x: Tensor, x_lens: Tensor, warmup: float = 1.0) -> Tuple[Tensor, Tensor]:
         """fbank x [N, T, 80] (padded with log(1e-10)), x_lens [N] ->
         (encoder_out [N, T', encoder_dim], encoder_out_lens [N]), T' =
@@ -115,11 +120,12 @@ class Transducer(nn.Module):
             reduction=reduction, rnnt_type=rnnt_type or model_rnnt_type(self))
 
 
-def frames_after_subsampling(num_frames: int) -> int:
+def frames_after_subsampling(num_frames: int, subsampling_factor: int = 4) -> int:
     """Encoder output frames for ``num_frames`` fbank frames (Conv2dSubsampling:
-    two 3x3 convolutions with stride 2, as icefall's pts3); below 1 (fewer
-    than 7 frames) the input is too short for the model."""
-    return ((num_frames - 1) // 2 - 1) // 2
+    two 3x3 convolutions with stride 2, as icefall's pts3, or 2 and 3 for
+    factor 6); below 1 (fewer than 7 frames) the input is too short for the
+    model. A loaded model's own rule: ``model.frames_after_subsampling``."""
+    return output_frames(num_frames, subsampling_factor)
 
 
 def default_config() -> Dict:
@@ -188,7 +194,9 @@ def add_model_arguments(parser) -> None:
     """
     group = parser.add_argument_group("model sizes (ignored when the checkpoint carries a config)")
     help_text = {
-        "feature_dim": "fbank bins of the input", "subsampling_factor": "encoder frame rate reduction (4 only)",
+        "feature_dim": "fbank bins of the input",
+        "subsampling_factor": "encoder frame rate reduction: 4 (icefall's, 40 ms frames) or 6 "
+                              "(60 ms: a third fewer frames for the encoder layers and the losses)",
         "encoder_dim": "Conformer d_model", "nhead": "attention heads per encoder layer",
         "dim_feedforward": "feed-forward width of an encoder layer", "num_encoder_layers": "encoder layers",
         "cnn_module_kernel": "kernel size of the Conformer convolution module",
@@ -196,7 +204,9 @@ def add_model_arguments(parser) -> None:
         "context_size": "decoder context: 1 bigram, 2 trigram",
     }
     for key, default in SIZE_FLAGS.items():
-        group.add_argument(f"--{key.replace('_', '-')}", type=int, default=default, help=help_text[key])
+        choices = SUBSAMPLING_FACTORS if key == "subsampling_factor" else None
+        group.add_argument(f"--{key.replace('_', '-')}", type=int, default=default, choices=choices,
+                           help=help_text[key])
     group.add_argument("--subsampling-channels", type=_three_ints, default="8,32,128",
                        help="channels of Conv2dSubsampling's three convolutions (icefall's: "
                             "8,32,128); fewer make the front end, a quarter of a small "

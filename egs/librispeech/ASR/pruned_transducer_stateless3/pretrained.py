@@ -38,7 +38,7 @@ set_thread_env()  # before torch is imported
 from icefall.cli import (add_device_argument, check_inputs_exist, device_from_flag,  # noqa: E402
                          make_parser, run_main)
 from icefall.transcribe import add_transcribe_arguments, transcribe_and_print  # noqa: E402
-from model import add_model_arguments, frames_after_subsampling, load_model  # noqa: E402
+from model import add_model_arguments, load_model  # noqa: E402
 
 
 def get_parser():
@@ -61,7 +61,7 @@ def transcribe(model, tokens, waves: List, method: str, beam: int, max_sym: int,
     """Decode a batch of 16 kHz waveforms in one go; returns one transcript each."""
     from icefall.torch_backend import TorchBackend
 
-    backend = TorchBackend(model, frames_after_subsampling, method, beam, max_sym, device)
+    backend = TorchBackend(model, model.frames_after_subsampling, method, beam, max_sym, device)
     return [tokens.decode(h) for h in backend.search(backend.encode(backend.features(waves)))]
 
 
@@ -79,7 +79,7 @@ def run(argv: Optional[List[str]] = None) -> int:
     model = load_model(args, tokens, args.tokens).to(device)
     logging.info(f"decoding {len(args.sound_files)} file(s) with {args.method} on {device}")
 
-    backend = TorchBackend(model, frames_after_subsampling, args.method, args.beam_size,
+    backend = TorchBackend(model, model.frames_after_subsampling, args.method, args.beam_size,
                            args.max_sym_per_frame, device)
     return transcribe_and_print(backend, args, tokens.decode)
 

@@ -67,11 +67,11 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def frames_after_subsampling(num_frames: int) -> int:
+def frames_after_subsampling(num_frames: int, config: Dict) -> int:
     """Encoder output frames for ``num_frames`` fbank frames (the model's own rule)."""
     from model import frames_after_subsampling as model_rule
 
-    return model_rule(num_frames)
+    return model_rule(num_frames, config["subsampling_factor"])
 
 
 def build_model(params: AttributeDict):

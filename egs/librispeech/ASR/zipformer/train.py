@@ -74,9 +74,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise TrainingError(f"--warm-step must be at least 1, got {args.warm_step}")
 
 
-def usable_frames(num_frames: int) -> int:
+def usable_frames(num_frames: int, config: Dict) -> int:
     """Encoder frames a cut may fill with tokens: icefall keeps a cut when
-    frames after subsampling - 2 >= tokens (CTC needs the margin)."""
+    frames after subsampling - 2 >= tokens (CTC needs the margin). One
+    front end for every config."""
     from model import frames_after_subsampling
 
     return frames_after_subsampling(num_frames) - 2
