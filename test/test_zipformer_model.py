@@ -114,6 +114,7 @@ def test_frames_after_subsampling_matches_the_model(ref):
         for t in (9, 15, 40, 41):
             out, lens = model.forward_encoder(torch.randn(1, t, 80), torch.tensor([t]))
             assert out.shape[1] == int(lens[0]) == R.model.frames_after_subsampling(t)
+            assert model.frames_after_subsampling(t) == out.shape[1]  # what decode.py asks
 
 
 # ----------------------------------------------------------------------------

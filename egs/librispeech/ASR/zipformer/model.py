@@ -105,6 +105,11 @@ class AsrModel(nn.Module):
             self.ctc_output = nn.Sequential(nn.Dropout(p=0.1), nn.Linear(encoder_dim, vocab_size),
                                             nn.LogSoftmax(dim=-1))
 
+    def frames_after_subsampling(self, num_frames: int) -> int:
+        """Encoder output frames for ``num_frames`` fbank frames (see the
+        module's function of that name: one rule for every config)."""
+        return frames_after_subsampling(num_frames)
+
     def forward_encoder(self, x: Tensor, x_lens: Tensor) -> Tuple[Tensor, Tensor]:
         """fbank x [N, T, 80] (padded with log(1e-10)), x_lens [N] ->
         (encoder_out [N, ((T-7)//2+1)//2, max(encoder_dim)], encoder_out_lens [N])."""
