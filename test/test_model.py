@@ -328,3 +328,42 @@ def test_forward_loss(ref, small_model):
     finally:
         model.zero_grad(set_to_none=True)
         model.eval()
+
+
+def test_ctc_head_is_optional_and_trains_with_the_transducer(ref):
+    """use_ctc adds icefall Zipformer's ctc_output (and nothing else) to the
+    state_dict; icefall's own configs stay without it; the third loss is the
+    CTC loss of the head's log-probs (icefall.ctc_loss is tested against
+    brute force) and gets gradients to the encoder."""
+    import argparse
+
+    from icefall.ctc_loss import ctc_loss
+    from model import add_model_arguments, config_from_args
+
+    config = {**ref["config"], "use_ctc": True}
+    torch.manual_seed(0)
+    model = build_model(config)
+    plain = set(build_model(ref["config"]).state_dict())
+    assert set(model.state_dict()) - plain == {"ctc_output.1.weight", "ctc_output.1.bias"}
+    assert plain == set(ref["model"]) - {k for k in ref["model"] if k.startswith("ctc")}
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    args = parser.parse_args([])
+    assert "use_ctc" not in config_from_args(args, 30)
+    args.use_ctc = True  # train.py's flag
+    assert config_from_args(args, 30)["use_ctc"] is True
+
+    model.eval()
+    x, x_lens = torch.randn(2, 120, 80), torch.tensor([120, 90])
+    y = [[5, 6, 7], [8, 9]]
+    simple, pruned, ctc = model(x, x_lens, y, reduction="none")
+    with torch.no_grad():
+        enc, enc_lens = model.forward_encoder(x, x_lens)
+        want = ctc_loss(model.ctc_output(enc), enc_lens, y, reduction="none")
+    assert simple.shape == pruned.shape == ctc.shape == (2,)
+    torch.testing.assert_close(ctc.detach(), want)
+    model.train()
+    sum(model(x, x_lens, y, warmup=2.0)).backward()
+    assert model.ctc_output[1].weight.grad.abs().sum() > 0
+    assert model.encoder.encoder_embed.out.weight.grad.abs().sum() > 0

@@ -270,3 +270,37 @@ def test_pretrained_chunked_long_file_agrees_with_unchunked(tiny_recipe, synth_s
     # 29 edits in 407 words.
     assert _edits(a, b) <= 0.15 * len(a)
     assert _edits(ref, b) <= _edits(ref, a) + 0.01 * len(ref)
+
+
+def test_a_ctc_head_trains_exports_and_decodes(tiny_recipe):
+    """train.py --use-ctc true: the CTC loss is logged, the head is saved and
+    exported with its config, and decode.py / pretrained.py decode with the
+    CTC methods as well as the transducer ones; a model without the head
+    refuses the CTC methods in one line."""
+    r = tiny_recipe
+    exp = "exp_ctc"
+    out = r.train(exp, "--num-epochs", "2", "--use-ctc", "true", "--log-interval", "1",
+                  "--average-period", "1", "--tensorboard", "False")
+    assert "ctc_loss" in out.stderr
+    ckpt = torch.load(r.workdir / exp / "epoch-2.pt", weights_only=True)
+    assert ckpt["config"]["use_ctc"] is True and "ctc_output.1.weight" in ckpt["model"]
+    tokens = r.workdir / r.lang_dir / "tokens.txt"
+    r.run([f"{RECIPE}/export.py", "--exp-dir", exp, "--tokens", tokens, "--epoch", 2, "--avg", 1])
+    exported = torch.load(r.workdir / exp / "pretrained.pt", weights_only=True)
+    assert exported["config"]["use_ctc"] is True and "ctc_output.1.bias" in exported["model"]
+
+    data = ["--lang-dir", r.lang_dir, "--max-duration", "100", "--num-workers", "0"]
+    for method in ("ctc-greedy-search", "greedy_search"):
+        proc = r.run([f"{RECIPE}/decode.py", "--exp-dir", exp, "--epoch", 2, "--avg", 1, *data,
+                      "--decoding-method", method])
+        assert proc.stdout.startswith("test\t") and method in proc.stdout, proc.stdout
+        assert list((r.workdir / exp / method).glob("recogs-test-*.txt"))
+    wav = r.test_wavs(1)[0]
+    proc = r.run([f"{RECIPE}/pretrained.py", "--checkpoint", r.workdir / exp / "pretrained.pt",
+                  "--tokens", tokens, "--method", "ctc-greedy-search", wav])
+    assert str(wav) in proc.stdout or wav.name in proc.stdout
+
+    plain = r.run([f"{RECIPE}/decode.py", "--exp-dir", r.exp_dir, "--epoch", NUM_EPOCHS, "--avg", 1, *data,
+                   "--decoding-method", "ctc-greedy-search"], check=False)
+    line = _one_error_line(plain)
+    assert "--decoding-method ctc-greedy-search: the model has no CTC head" in line, line

@@ -99,6 +99,10 @@ layer_dropout=0.0
 # points lower greedy WER (test / held-out) and 1.0 / 1.7 lower with modified
 # beam search (RESULTS.md). A modified model is decoded one token per frame.
 rnnt_type=modified
+# An auxiliary CTC head on the encoder (train.py --use-ctc), its loss weighted
+# by --ctc-loss-scale (icefall's Zipformer: 0.2).
+use_ctc=false
+ctc_loss_scale=0.2
 # Subword regularisation (train.py --subword-sampling-alpha): 0 trains on the
 # best BPE segmentation of each transcript, as icefall; a value in (0, 1]
 # samples one per transcript and update (lower: shorter, more varied pieces).
@@ -132,7 +136,7 @@ __option_names="stage stop_stage num_train num_dev num_test heldout vocab_size e
   max_duration num_encoder_layers encoder_dim nhead dim_feedforward decoder_dim joiner_dim context_size
   initial_lr lr_batches lr_epochs lr_cooldown_epochs model_warm_step average_period dropout layer_dropout rnnt_type subword_sampling_alpha phase2_epoch
   phase2_lr_epochs world_size num_workers beam_size max_sym_per_frame use_bf16
-  subsampling_channels subsampling_factor"
+  subsampling_channels subsampling_factor use_ctc ctc_loss_scale"
 . "$here/../../shared/parse_options.sh"
 . "$here/../../shared/stage_utils.sh"
 
@@ -242,6 +246,8 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
       --dropout "$dropout" \
       --layer-dropout "$layer_dropout" \
       --rnnt-type "$rnnt_type" \
+      --use-ctc "$use_ctc" \
+      --ctc-loss-scale "$ctc_loss_scale" \
       --subword-sampling-alpha "$subword_sampling_alpha" \
       --average-period "$average_period" \
       --use-bf16 "$use_bf16" \

@@ -34,12 +34,12 @@ from icefall.cli import make_parser, run_main  # noqa: E402
 
 def get_parser():
     from icefall.asr_datamodule import AsrDataModule
-    from icefall.beam_search import DECODING_METHODS
+    from icefall.decoding import ALL_METHODS
     from icefall.decode_script import add_decode_arguments
     from model import add_model_arguments
 
     parser = make_parser(__doc__)
-    add_decode_arguments(parser, "pruned_transducer_stateless3/exp", DECODING_METHODS)
+    add_decode_arguments(parser, "pruned_transducer_stateless3/exp", ALL_METHODS)
     add_model_arguments(parser)
     AsrDataModule.add_arguments(parser)
     return parser

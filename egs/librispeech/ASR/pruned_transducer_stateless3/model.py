@@ -32,8 +32,11 @@ REQUIRED_KEYS = (
 # Keys with icefall's defaults, so configs that omit them still build.
 # rnnt_type: the topology the model was trained with (train.py --rnnt-type);
 # decoding follows it (a "modified" model emits one token per frame).
+# use_ctc: an auxiliary CTC head on the encoder (train.py --use-ctc; icefall's
+# pts3 has none).
 OPTIONAL_DEFAULTS = {"dropout": 0.1, "layer_dropout": 0.075, "cnn_module_kernel": 31,
-                     "subsampling_channels": [8, 32, 128], "rnnt_type": "regular"}
+                     "subsampling_channels": [8, 32, 128], "rnnt_type": "regular",
+                     "use_ctc": False}
 
 # Prefixes of the GigaSpeech heads that icefall's multi-dataset checkpoints carry.
 EXTRA_PREFIXES = ("decoder_giga.", "joiner_giga.", "simple_am_proj_giga.",
@@ -61,17 +64,26 @@ class Transducer(nn.Module):
     Submodules (names as in icefall): encoder, decoder, joiner,
     simple_am_proj (encoder_dim -> vocab), simple_lm_proj (decoder_dim -> vocab);
     the last two give the cheap "simple" loss whose gradients choose the
-    pruning ranges.
+    pruning ranges. With ``use_ctc``, also ctc_output (Dropout, Linear,
+    LogSoftmax: encoder_dim -> vocab, named as icefall's Zipformer's), an
+    auxiliary CTC head that training adds to the loss and that the CTC
+    decoding methods can use.
     """
 
     def __init__(self, encoder: nn.Module, decoder: Decoder, joiner: Joiner,
-                 encoder_dim: int, decoder_dim: int, joiner_dim: int, vocab_size: int):
+                 encoder_dim: int, decoder_dim: int, joiner_dim: int, vocab_size: int,
+                 use_ctc: bool = False):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.joiner = joiner
         self.simple_am_proj = ScaledLinear(encoder_dim, vocab_size, initial_speed=0.5)
         self.simple_lm_proj = ScaledLinear(decoder_dim, vocab_size)
+        self.blank_id = decoder.blank_id
+        self.use_ctc = use_ctc
+        if use_ctc:
+            self.ctc_output = nn.Sequential(nn.Dropout(p=0.1), nn.Linear(encoder_dim, vocab_size),
+                                            nn.LogSoftmax(dim=-1))
 
     def frames_after_subsampling(self, num_frames: int) -> int:
         """Encoder output frames for ``num_frames`` fbank frames (this model's
@@ -87,7 +99,7 @@ class Transducer(nn.Module):
     def forward(self, x: Tensor, x_lens: Tensor, y: List[List[int]],
                 prune_range: int = 5, am_scale: float = 0.0, lm_scale: float = 0.0,
                 warmup: float = 1.0, reduction: str = "sum",
-                rnnt_type: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+                rnnt_type: Optional[str] = None) -> Tuple[Tensor, ...]:
         """
         Args:
           x: features [B, T, F].
@@ -105,7 +117,9 @@ class Transducer(nn.Module):
             decode; needs at least as many frames as tokens); None: the
             model's own (its config's rnnt_type, which train.py sets).
         Returns:
-          (simple_loss, pruned_loss), each a scalar or [B] as `reduction` says.
+          (simple_loss, pruned_loss), each a scalar or [B] as `reduction` says;
+          a model with a CTC head (``use_ctc``) returns (simple_loss,
+          pruned_loss, ctc_loss).
         """
         from icefall.transducer_loss import model_rnnt_type, pruned_transducer_loss
 
@@ -114,10 +128,17 @@ class Transducer(nn.Module):
 
         encoder_out, encoder_out_lens = self.forward_encoder(x, x_lens, warmup=warmup)
         assert torch.all(encoder_out_lens > 0), encoder_out_lens
-        return pruned_transducer_loss(
+        losses = pruned_transducer_loss(
             self.decoder, self.joiner, self.simple_am_proj, self.simple_lm_proj, encoder_out,
             encoder_out_lens, y, prune_range=prune_range, am_scale=am_scale, lm_scale=lm_scale,
             reduction=reduction, rnnt_type=rnnt_type or model_rnnt_type(self))
+        if not self.use_ctc:
+            return losses
+        from icefall.ctc_loss import ctc_loss
+
+        ctc = ctc_loss(self.ctc_output(encoder_out), encoder_out_lens, y, blank_id=self.blank_id,
+                       reduction=reduction)
+        return (*losses, ctc)
 
 
 def frames_after_subsampling(num_frames: int, subsampling_factor: int = 4) -> int:
@@ -161,7 +182,7 @@ def build_model(config: Dict) -> Transducer:
                     joiner_dim=c["joiner_dim"], vocab_size=c["vocab_size"])
     model = Transducer(encoder, decoder, joiner, encoder_dim=c["encoder_dim"],
                        decoder_dim=c["decoder_dim"], joiner_dim=c["joiner_dim"],
-                       vocab_size=c["vocab_size"])
+                       vocab_size=c["vocab_size"], use_ctc=bool(c["use_ctc"]))
     model.config = dict(config)  # a plain attribute: saved beside, not inside, the state_dict
     return model
 
@@ -235,6 +256,8 @@ def config_from_args(args, vocab_size: int, blank_id: int = 0) -> Dict:
     rnnt_type = getattr(args, "rnnt_type", "regular")  # a training flag
     if rnnt_type != "regular":
         config["rnnt_type"] = rnnt_type
+    if getattr(args, "use_ctc", False):  # a training flag
+        config["use_ctc"] = True
     return config
 
 

@@ -42,13 +42,14 @@ from model import add_model_arguments, load_model  # noqa: E402
 
 
 def get_parser():
-    from icefall.beam_search import DECODING_METHODS
+    from icefall.decoding import ALL_METHODS
 
     parser = make_parser(__doc__)
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="exported pretrained.pt (or any single checkpoint)")
     parser.add_argument("--tokens", type=Path, required=True, help="tokens.txt of the model")
-    parser.add_argument("--method", choices=DECODING_METHODS, default="greedy_search", help="decoding method")
+    parser.add_argument("--method", choices=ALL_METHODS, default="greedy_search",
+                        help="decoding method (the CTC ones need a model trained with --use-ctc true)")
     parser.add_argument("--beam-size", type=int, default=4, help="beam searches only")
     parser.add_argument("--max-sym-per-frame", type=int, default=1, help="greedy_search only")
     add_device_argument(parser)

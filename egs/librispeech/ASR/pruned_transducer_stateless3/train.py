@@ -38,7 +38,7 @@ set_thread_env()  # before torch is imported; icefall/trainer.py applies the thr
 
 from icefall.asr_datamodule import AsrDataModule  # noqa: E402
 from icefall.trainer import Recipe, add_training_arguments, new_parser, run_training  # noqa: E402
-from icefall.utils import AttributeDict, MetricsTracker  # noqa: E402
+from icefall.utils import AttributeDict, MetricsTracker, str2bool  # noqa: E402
 
 def get_parser() -> argparse.ArgumentParser:
     from model import add_model_arguments
@@ -58,6 +58,11 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--lm-scale", type=float, default=0.25, help="lm-only weight in the smoothed loss")
     g.add_argument("--am-scale", type=float, default=0.0, help="am-only weight in the smoothed loss")
     g.add_argument("--simple-loss-scale", type=float, default=0.5, help="weight of the simple loss")
+    g.add_argument("--use-ctc", type=str2bool, default=False,
+                   help="add an auxiliary CTC head on the encoder (saved in the model config; "
+                        "decode.py can then also use the CTC methods)")
+    g.add_argument("--ctc-loss-scale", type=float, default=0.2,
+                   help="weight of the CTC loss (with --use-ctc true)")
     g.add_argument("--dropout", type=float, default=0.1, help="dropout in the Conformer layers")
     g.add_argument("--layer-dropout", type=float, default=0.075,
                    help="chance that a Conformer layer is nearly bypassed in a training step")
@@ -90,7 +95,7 @@ def build_optimizer(params: AttributeDict, model):
 
 
 def compute_loss(params: AttributeDict, model, batch: Dict, is_training: bool) -> Tuple["torch.Tensor", MetricsTracker]:
-    """The weighted simple + pruned loss of a batch, summed over utterances.
+    """The weighted simple + pruned (+ CTC) loss of a batch, summed over utterances.
 
     Utterances whose loss is not finite are left out (and logged); if none
     is finite the returned loss is nan and the trainer skips the batch.
@@ -106,12 +111,16 @@ def compute_loss(params: AttributeDict, model, batch: Dict, is_training: bool) -
     warmup = params.batch_idx_train / params.model_warm_step
 
     with torch.set_grad_enabled(is_training):
-        simple, pruned = model(
+        losses = model(
             x=feature, x_lens=feature_lens, y=sup["token_ids"], prune_range=params.prune_range,
             am_scale=params.am_scale, lm_scale=params.lm_scale,
             warmup=warmup if is_training else 2.0, reduction="none",
         )
+        simple, pruned = losses[:2]
         finite = torch.isfinite(simple) & torch.isfinite(pruned)
+        ctc = losses[2] if len(losses) == 3 else None
+        if ctc is not None:
+            finite &= torch.isfinite(ctc)
         if not finite.all():
             cuts = [c.id for c in sup["cut"]] if "cut" in sup else []
             bad = [cuts[i] if cuts else i for i in (~finite).nonzero().flatten().tolist()]
@@ -124,6 +133,9 @@ def compute_loss(params: AttributeDict, model, batch: Dict, is_training: bool) -
         w = warmup if is_training else 2.0
         pruned_scale = 0.0 if w < 1.0 else (0.1 if w < 2.0 else 1.0)
         loss = params.simple_loss_scale * simple + pruned_scale * pruned
+        if ctc is not None:
+            ctc = ctc[finite].sum() if finite.any() else ctc.new_tensor(float("nan"))
+            loss = loss + params.ctc_loss_scale * ctc
 
     info = MetricsTracker()
     info["frames"] = int((feature_lens[finite] // params.subsampling_factor).sum())
@@ -131,6 +143,8 @@ def compute_loss(params: AttributeDict, model, batch: Dict, is_training: bool) -
     info["loss"] = loss.detach().item()
     info["simple_loss"] = simple.detach().item()
     info["pruned_loss"] = pruned.detach().item()
+    if ctc is not None:
+        info["ctc_loss"] = ctc.detach().item()
     return loss, info
 
 
