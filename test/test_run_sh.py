@@ -90,6 +90,9 @@ def test_rerun_resumes_after_the_last_epoch(recipe):
     (["--context-size", "0"], "--context-size must be a whole number >= 1, got '0'"),
     (["--subword-sampling-alpha", "1.5"], "--subword-sampling-alpha must be a number in [0, 1], got '1.5'"),
     (["--subword-sampling-alpha", "-0.1"], "--subword-sampling-alpha must be a number in [0, 1], got '-0.1'"),
+    (["--use-ctc", "maybe"], "--use-ctc must be true or false, got 'maybe'"),
+    (["--ctc-loss-scale", "-1"], "--ctc-loss-scale must be a number >= 0, got '-1'"),
+    (["--subsampling-factor", "8"], "--subsampling-factor must be 4 or 6, got '8'"),
 ])
 def test_bad_epoch_flags_fail_before_anything_runs(tmp_path, flags, message):
     workdir = REPO / "egs/synth/ASR"

@@ -209,6 +209,18 @@ case "${use_bf16,,}" in
   auto | true | false | yes | no | 1 | 0) ;;
   *) echo "$0: --use-bf16 must be true, false or auto, got '$use_bf16'" >&2; exit 2 ;;
 esac
+case "${use_ctc,,}" in
+  true | false | yes | no | 1 | 0) ;;
+  *) echo "$0: --use-ctc must be true or false, got '$use_ctc'" >&2; exit 2 ;;
+esac
+if ! nonneg_number "$ctc_loss_scale"; then
+  echo "$0: --ctc-loss-scale must be a number >= 0, got '$ctc_loss_scale'" >&2
+  exit 2
+fi
+case "$subsampling_factor" in
+  4 | 6) ;;
+  *) echo "$0: --subsampling-factor must be 4 or 6, got '$subsampling_factor'" >&2; exit 2 ;;
+esac
 lang_dir=data/lang_bpe_${vocab_size}
 recipe=./pruned_transducer_stateless3
 start_time=$(date +%s)
