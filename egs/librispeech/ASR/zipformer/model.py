@@ -161,12 +161,12 @@ class AsrModel(nn.Module):
 
     def forward_ctc(self, encoder_out: Tensor, encoder_out_lens: Tensor, targets: Tensor,
                     target_lengths: Tensor) -> Tensor:
-        """CTC loss summed over the batch; targets [sum(target_lengths)] concatenated."""
-        log_probs = self.ctc_output(encoder_out)  # [N, T, V]
-        return nn.functional.ctc_loss(
-            log_probs=log_probs.permute(1, 0, 2), targets=targets.cpu(),
-            input_lengths=encoder_out_lens.cpu(), target_lengths=target_lengths.cpu(),
-            blank=self.blank_id, reduction="sum")
+        """CTC loss summed over the batch; targets [sum(target_lengths)] concatenated
+        (icefall's signature; :func:`icefall.ctc_loss.ctc_loss` does the work)."""
+        from icefall.ctc_loss import ctc_loss
+
+        y = [t.tolist() for t in targets.cpu().split(target_lengths.tolist())]
+        return ctc_loss(self.ctc_output(encoder_out), encoder_out_lens, y, blank_id=self.blank_id)
 
     def forward_transducer(self, encoder_out: Tensor, encoder_out_lens: Tensor,
                            y: List[List[int]], prune_range: int = 5, am_scale: float = 0.0,
@@ -206,9 +206,9 @@ class AsrModel(nn.Module):
                 encoder_out, encoder_out_lens, y, prune_range=prune_range, am_scale=am_scale,
                 lm_scale=lm_scale, rnnt_type=rnnt_type)
         if self.use_ctc:
-            targets = torch.tensor([t for ids in y for t in ids], dtype=torch.int64)
-            target_lengths = torch.tensor([len(ids) for ids in y], dtype=torch.int64)
-            ctc_loss = self.forward_ctc(encoder_out, encoder_out_lens, targets, target_lengths)
+            from icefall.ctc_loss import ctc_loss as ctc
+
+            ctc_loss = ctc(self.ctc_output(encoder_out), encoder_out_lens, y, blank_id=self.blank_id)
         return simple_loss, pruned_loss, ctc_loss
 
 
