@@ -236,11 +236,13 @@ def _edits(a, b) -> int:
     return d[-1]
 
 
-def test_pretrained_chunked_long_file_agrees_with_unchunked(tiny_recipe, synth_small_test_set, tmp_path):
+def test_pretrained_decodes_a_long_file_in_chunks(tiny_recipe, synth_small_test_set, tmp_path):
     """A 3-minute file made of test utterances of the committed trained model's
     corpus, decoded by that model in one piece and in 20 s chunks with 2 s
-    context: the transcripts agree to within 15% of the words and the chunked
-    one is no further from the reference."""
+    context: every chunk is decoded, none is lost or doubled (the transcript
+    has the reference's length to within 5%; a 20 s chunk holds 11% of the
+    words), and the chunked transcript is no further from the reference than
+    the one-piece one."""
     import re
     from pathlib import Path
 
@@ -262,13 +264,13 @@ def test_pretrained_chunked_long_file_agrees_with_unchunked(tiny_recipe, synth_s
     done = re.findall(r"chunk: (\d+)/(\d+)", chunked.stderr)  # progress, to the end
     assert done and done[-1][0] == done[-1][1] and int(done[-1][1]) >= 9, chunked.stderr
     a, b = whole.stdout.split("\n")[1].split(), chunked.stdout.split("\n")[1].split()
-    assert len(a) > 300
-    # Measured: 49 edits between the two in 409 words; each is ~55% from the
-    # 440-word reference (a 25-minute model that never saw inputs longer than
-    # 20 s, so the one-piece decoding is no gold standard: the chunked one is
-    # about as close, 243 edits against 239).  The previous committed model:
-    # 29 edits in 407 words.
-    assert _edits(a, b) <= 0.15 * len(a)
+    # Measured: 500 reference words, 497 chunked (198 edits from the
+    # reference), 491 in one piece (250 edits).  The model decodes these
+    # utterances one at a time with 110 edits: trained on single sentences of
+    # 1-20 s, it does worse on a run of sentences in any window, and worst on
+    # 3 minutes at once, so the one-piece decoding is no standard to agree with.
+    assert abs(len(b) - len(ref)) <= 0.05 * len(ref), (len(b), len(ref))
+    assert _edits(ref, b) <= 0.5 * len(ref)
     assert _edits(ref, b) <= _edits(ref, a) + 0.01 * len(ref)
 
 

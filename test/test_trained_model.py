@@ -23,15 +23,17 @@ DATA = ROOT / "test" / "data" / "synth_small"
 RECIPE = ROOT / "egs" / "librispeech" / "ASR" / "pruned_transducer_stateless3"
 SYSTEMS = ("torch-greedy", "torch-beam", "onnx-fp32", "onnx-int8", "sherpa-onnx")
 
-# Measured with the committed model (run.sh's model, trained with --rnnt-type
-# modified, see test/data/synth_small/README.md) through this test's path
-# (pretrained.py's code, float16 weights): greedy search (one token per frame)
-# 19.34% on its 300 test utterances and 19.02% on the 241 held-out sentences
-# (sherpa-onnx: the same 396 errors on the test utterances).  The bars leave
-# room for other CPUs' rounding, not for a broken path (an untrained model gets
-# over 90%, the previous committed model 21.97% / 22.00%).
+# Measured with the committed model (run.sh's model with its defaults of
+# 2026-12-02: the modified transducer topology and an auxiliary CTC head, see
+# test/data/synth_small/README.md) through this test's path (pretrained.py's
+# code, float16 weights): greedy search (one token per frame) 19.78% on its
+# 300 test utterances and 17.02% on the 241 held-out sentences (sherpa-onnx
+# and onnx-fp32: the same).  The bars leave room for other CPUs' rounding, not
+# for a broken path (an untrained model gets over 90%, the previous committed
+# model 19.34% / 19.02%).
 GREEDY_WER_BAR = 21.0
-HELDOUT_GREEDY_WER_BAR = 21.0
+HELDOUT_GREEDY_WER_BAR = 18.5
+SPLITS = ("test", "heldout")
 
 
 def decode(tmp, split_set, systems, onnx_dir=None) -> dict:
@@ -56,13 +58,18 @@ def decode(tmp, split_set, systems, onnx_dir=None) -> dict:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory, synth_small_test_set):
+def results(tmp_path_factory, synth_small_splits):
+    """{split: {system: results}} for the test split and the held-out sentences."""
     tmp = tmp_path_factory.mktemp("trained")
     onnx_dir = tmp / "onnx"
     subprocess.run([sys.executable, str(RECIPE / "export-onnx.py"),
                     "--checkpoint", str(DATA / "pretrained.pt"), "--tokens", str(DATA / "tokens.txt"),
                     "--output-dir", str(onnx_dir)], check=True, env=env(), capture_output=True)
-    return decode(tmp, synth_small_test_set, SYSTEMS, onnx_dir)
+    out = {}
+    for split in SPLITS:
+        (tmp / split).mkdir()
+        out[split] = decode(tmp / split, synth_small_splits[split], SYSTEMS, onnx_dir)
+    return out
 
 
 def _agreement(a: dict, b: dict) -> float:
@@ -70,31 +77,46 @@ def _agreement(a: dict, b: dict) -> float:
     return sum(a[k] == b[k] for k in a) / len(a)
 
 
+def _pooled_wer(results, system: str) -> float:
+    """WER over both sets' words together."""
+    errors = sum(results[split][system]["errors"] for split in SPLITS)
+    words = sum(results[split][system]["words"] for split in SPLITS)
+    return 100.0 * errors / words
+
+
 def test_greedy_search_wer_is_low(results):
-    assert results["torch-greedy"]["wer"] < GREEDY_WER_BAR, results["torch-greedy"]["wer"]
+    assert results["test"]["torch-greedy"]["wer"] < GREEDY_WER_BAR, results["test"]["torch-greedy"]["wer"]
 
 
-def test_greedy_search_wer_on_the_held_out_sentences(tmp_path, synth_small_splits):
+def test_greedy_search_wer_on_the_held_out_sentences(results):
     # everyday sentences written apart from the corpus text, in unseen voices
-    res = decode(tmp_path, synth_small_splits["heldout"], ("torch-greedy",))
-    assert res["torch-greedy"]["wer"] < HELDOUT_GREEDY_WER_BAR, res["torch-greedy"]["wer"]
+    wer = results["heldout"]["torch-greedy"]["wer"]
+    assert wer < HELDOUT_GREEDY_WER_BAR, wer
 
 
-def test_modified_beam_search_is_at_least_as_good_as_greedy(results):
-    assert results["torch-beam"]["errors"] <= results["torch-greedy"]["errors"]
+@pytest.mark.parametrize("split", SPLITS)
+def test_modified_beam_search_is_at_least_as_good_as_greedy(results, split):
+    assert results[split]["torch-beam"]["errors"] <= results[split]["torch-greedy"]["errors"]
 
 
-def test_sherpa_onnx_agrees_with_pretrained(results):
+@pytest.mark.parametrize("split", SPLITS)
+def test_sherpa_onnx_agrees_with_pretrained(results, split):
     # the issue's bar: the same greedy transcript on at least 99% of utterances
-    assert _agreement(results["sherpa-onnx"]["hyps"], results["torch-greedy"]["hyps"]) >= 0.99
+    res = results[split]
+    assert _agreement(res["sherpa-onnx"]["hyps"], res["torch-greedy"]["hyps"]) >= 0.99
 
 
-def test_onnx_pretrained_agrees_with_pretrained(results):
-    assert _agreement(results["onnx-fp32"]["hyps"], results["torch-greedy"]["hyps"]) >= 0.99
+@pytest.mark.parametrize("split", SPLITS)
+def test_onnx_pretrained_agrees_with_pretrained(results, split):
+    res = results[split]
+    assert _agreement(res["onnx-fp32"]["hyps"], res["torch-greedy"]["hyps"]) >= 0.99
 
 
 def test_int8_wer_is_within_half_a_point_of_fp32(results):
-    assert abs(results["onnx-int8"]["wer"] - results["onnx-fp32"]["wer"]) <= 0.5
+    # over both sets (4193 words): on one set of about 2000 words, ten
+    # utterances that int8 happens to get right or wrong already move it 0.5
+    int8, fp32 = _pooled_wer(results, "onnx-int8"), _pooled_wer(results, "onnx-fp32")
+    assert abs(int8 - fp32) <= 0.5, (int8, fp32)
 
 
 def test_committed_model_is_a_plain_export():
