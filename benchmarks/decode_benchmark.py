@@ -165,7 +165,7 @@ def torch_system(args, method: str) -> Transcriber:
         ["--checkpoint", str(args.checkpoint), "--tokens", str(args.tokens), "x.wav"])
     tokens = read_tokens(args.tokens)
     device = torch.device("cpu")
-    model = pretrained.load_model(pargs, tokens, device)
+    model = pretrained.load_model(pargs, tokens, args.tokens)  # loaded on the CPU
     return lambda waves: pretrained.transcribe(model, tokens, waves, method, args.beam_size, 1, device)
 
 
