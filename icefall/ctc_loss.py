@@ -1,5 +1,6 @@
-"""The CTC loss of a model's CTC head, for token lists as the recipes hold them.
+"""A model's CTC head and its loss, for token lists as the recipes hold them.
 
+    model.ctc_output = ctc_output(encoder_dim, vocab_size)
     log_probs = model.ctc_output(encoder_out)            # [N, T, V] log-softmax
     loss = ctc_loss(log_probs, encoder_out_lens, y)      # summed over the batch
 
@@ -11,7 +12,13 @@ batch-first log-probs and one Python list of token ids per utterance.
 from typing import List
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+
+def ctc_output(encoder_dim: int, vocab_size: int) -> nn.Sequential:
+    """icefall Zipformer's CTC head: Dropout(0.1), Linear, LogSoftmax (its
+    weights are ``ctc_output.1.*`` in a state_dict, as in icefall's)."""
+    return nn.Sequential(nn.Dropout(p=0.1), nn.Linear(encoder_dim, vocab_size), nn.LogSoftmax(dim=-1))
 
 
 def ctc_loss(log_probs: Tensor, log_probs_lens: Tensor, y: List[List[int]], blank_id: int = 0,

@@ -102,8 +102,9 @@ class AsrModel(nn.Module):
             assert decoder is None and joiner is None
         self.use_ctc = use_ctc
         if use_ctc:
-            self.ctc_output = nn.Sequential(nn.Dropout(p=0.1), nn.Linear(encoder_dim, vocab_size),
-                                            nn.LogSoftmax(dim=-1))
+            from icefall.ctc_loss import ctc_output
+
+            self.ctc_output = ctc_output(encoder_dim, vocab_size)
 
     def frames_after_subsampling(self, num_frames: int) -> int:
         """Encoder output frames for ``num_frames`` fbank frames (see the
