@@ -367,3 +367,45 @@ def test_ctc_head_is_optional_and_trains_with_the_transducer(ref):
     sum(model(x, x_lens, y, warmup=2.0)).backward()
     assert model.ctc_output[1].weight.grad.abs().sum() > 0
     assert model.encoder.encoder_embed.out.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("with_ctc", [False, True])
+def test_compute_loss_leaves_out_non_finite_utterances(with_ctc):
+    """train.compute_loss on per-utterance losses with known values: an
+    utterance whose simple, pruned or CTC loss is not finite is left out of
+    every sum; with none finite the loss is nan."""
+    import train
+    from icefall.utils import AttributeDict
+
+    simple = torch.tensor([1.0, 2.0, math.inf, 4.0])
+    pruned = torch.tensor([10.0, 20.0, 30.0, 40.0])
+    ctc = torch.tensor([100.0, math.nan, 300.0, 400.0])
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, losses):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+            self.losses = losses
+
+        def forward(self, **kwargs):
+            return self.losses
+
+    params = AttributeDict(batch_idx_train=1000, model_warm_step=100, prune_range=5, am_scale=0.0,
+                           lm_scale=0.25, simple_loss_scale=0.5, ctc_loss_scale=0.2,
+                           subsampling_factor=4)
+    batch = {"inputs": torch.zeros(4, 40, 80),
+             "supervisions": {"num_frames": torch.tensor([40, 40, 40, 40]), "token_ids": [[1]] * 4}}
+    losses = (simple, pruned, ctc) if with_ctc else (simple, pruned)
+    loss, info = train.compute_loss(params, Fixed(losses), batch, is_training=False)
+    kept = [0, 3] if with_ctc else [0, 1, 3]
+    want = sum(0.5 * float(simple[i]) + float(pruned[i]) for i in kept)
+    if with_ctc:
+        want += 0.2 * sum(float(ctc[i]) for i in kept)
+        assert info["ctc_loss"] == 500.0
+    assert float(loss) == pytest.approx(want)
+    assert info["utterances"] == len(kept) and info["frames"] == 10 * len(kept)
+    assert info["simple_loss"] == sum(float(simple[i]) for i in kept)
+
+    nan = torch.full((4,), math.nan)
+    loss, info = train.compute_loss(params, Fixed((nan, pruned, ctc)), batch, is_training=False)
+    assert math.isnan(float(loss)) and info["utterances"] == 0

@@ -116,17 +116,15 @@ def compute_loss(params: AttributeDict, model, batch: Dict, is_training: bool) -
             am_scale=params.am_scale, lm_scale=params.lm_scale,
             warmup=warmup if is_training else 2.0, reduction="none",
         )
-        simple, pruned = losses[:2]
-        finite = torch.isfinite(simple) & torch.isfinite(pruned)
-        ctc = losses[2] if len(losses) == 3 else None
-        if ctc is not None:
-            finite &= torch.isfinite(ctc)
+        finite = torch.stack([torch.isfinite(x) for x in losses]).all(dim=0)
         if not finite.all():
             cuts = [c.id for c in sup["cut"]] if "cut" in sup else []
             bad = [cuts[i] if cuts else i for i in (~finite).nonzero().flatten().tolist()]
             logging.warning(f"non-finite loss for utterances {bad}; leaving them out")
-        simple = simple[finite].sum() if finite.any() else simple.new_tensor(float("nan"))
-        pruned = pruned[finite].sum() if finite.any() else pruned.new_tensor(float("nan"))
+        # sums over the finite utterances (nan if there are none)
+        simple, pruned, *rest = [x[finite].sum() if finite.any() else x.new_tensor(float("nan"))
+                                 for x in losses]
+        ctc = rest[0] if rest else None  # a model with a CTC head (use_ctc)
         # As icefall: the pruned loss joins only after the warm-up, and
         # gently at first, so that it cannot swamp the simple loss before
         # the alignment is learned.
@@ -134,7 +132,6 @@ def compute_loss(params: AttributeDict, model, batch: Dict, is_training: bool) -
         pruned_scale = 0.0 if w < 1.0 else (0.1 if w < 2.0 else 1.0)
         loss = params.simple_loss_scale * simple + pruned_scale * pruned
         if ctc is not None:
-            ctc = ctc[finite].sum() if finite.any() else ctc.new_tensor(float("nan"))
             loss = loss + params.ctc_loss_scale * ctc
 
     info = MetricsTracker()
