@@ -7,6 +7,7 @@ with :func:`scipy.signal.resample_poly`. Every failure is an
 :class:`AudioFileError` whose one-line message starts with the file name.
 """
 
+import functools
 import logging
 from math import gcd
 from pathlib import Path
@@ -32,8 +33,24 @@ def resample(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     from scipy.signal import resample_poly
 
     g = gcd(int(orig_rate), int(new_rate))
-    out = resample_poly(samples, int(new_rate) // g, int(orig_rate) // g)
+    up, down = int(new_rate) // g, int(orig_rate) // g
+    samples = np.asarray(samples)
+    dtype = samples.dtype if samples.dtype in (np.float32, np.float64) else np.float64
+    out = resample_poly(samples.astype(dtype, copy=False), up, down, window=_lowpass(up, down, dtype))
     return out.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _lowpass(up: int, down: int, dtype) -> np.ndarray:
+    """resample_poly's own anti-aliasing filter (Kaiser window, beta 5, 20 *
+    max(up, down) + 1 taps), designed once per rate pair instead of on every
+    call (a sixth of the synthesis time of a short utterance). Read-only:
+    resample_poly copies it."""
+    from scipy.signal import firwin
+
+    taps = firwin(20 * max(up, down) + 1, 1.0 / max(up, down), window=("kaiser", 5.0)).astype(dtype)
+    taps.flags.writeable = False
+    return taps
 
 
 def read_audio(path: PathLike, sample_rate: int = 16000) -> np.ndarray:

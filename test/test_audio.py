@@ -1,10 +1,10 @@
-"""Tests of icefall/audio.py: read_audio."""
+"""Tests of icefall/audio.py: read_audio and resample."""
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from icefall.audio import AudioFileError, read_audio
+from icefall.audio import AudioFileError, read_audio, resample
 
 
 def peak_frequency(x: np.ndarray, rate: int) -> float:
@@ -24,6 +24,23 @@ def test_stereo_44k_is_resampled_and_first_channel_kept(tmp_path):
     assert abs(len(x) - 16000) <= 1
     assert abs(peak_frequency(x, 16000) - 1000) < 5
     assert 0.45 < np.abs(x[1000:-1000]).max() < 0.55
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+@pytest.mark.parametrize("rates", [(22050, 16000), (8000, 16000), (48000, 16000), (16000, 44100)])
+def test_resample_matches_scipy_bit_for_bit(dtype, rates):
+    """resample designs its filter once per rate pair; the output is what
+    scipy's resample_poly gives designing its default filter on each call."""
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    x = (np.random.default_rng(1).standard_normal(9001) * 3000).astype(dtype)
+    g = gcd(*rates)
+    want = resample_poly(x, rates[1] // g, rates[0] // g).astype(np.float32)
+    for _ in range(2):  # the second call uses the cached filter
+        got = resample(x, *rates)
+        assert got.dtype == np.float32 and np.array_equal(got, want)
 
 
 def test_16k_flac_round_trip(tmp_path):
