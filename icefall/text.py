@@ -315,18 +315,26 @@ def _text_words(text: str, strict: bool, max_numbers: Optional[int] = None) -> O
             words.append(_BEFORE_A_NAME[bare][0 if before_name else 1])
             after_number = None
             continue
-        numbers += len(re.findall(r"\d+", re.sub(r"(?<=\d)[,.:](?=\d)", "", token)))
-        if max_numbers is not None and numbers > max_numbers:
-            return None
-        w = normalize_token(token, strict=strict)
+        has_digit = _DIGIT.search(token) is not None  # most tokens have none: skip the number checks
+        if has_digit:
+            numbers += len(_DIGITS.findall(_NUMBER_SEPARATOR.sub("", token)))
+            if max_numbers is not None and numbers > max_numbers:
+                return None
+        w = _normalize_token(token, strict)
         if w is None:
             if strict:
                 return None
-            w = []
+            w = ()
         words += w
-        digits = re.search(r"(\d+)$", token.rstrip(_EDGE_PUNCT))
+        digits = _TRAILING_DIGITS.search(token.rstrip(_EDGE_PUNCT)) if has_digit else None
         after_number = digits.group(1) if digits else None
     return words
+
+
+_DIGIT = re.compile(r"\d")
+_DIGITS = re.compile(r"\d+")
+_NUMBER_SEPARATOR = re.compile(r"(?<=\d)[,.:](?=\d)")  # 2,000  3.5  7:30 are one number
+_TRAILING_DIGITS = re.compile(r"(\d+)$")
 
 
 def normalize_clause(text: str, max_numbers: int = 1) -> Optional[List[str]]:
