@@ -225,9 +225,10 @@ class Espeak:
           pitch: base pitch 0..100 (default 50).
           pitch_range: intonation range 0..100 (default 50; 0 is monotone).
           sample_rate: output rate in Hz (espeak's native rate is 22050).
-          seed: espeak-ng draws random numbers (e.g. for the voicing source);
-            it is reseeded with this before each utterance, so the same
-            arguments give the same samples after a reset.
+          seed: espeak-ng draws random numbers (e.g. for the voicing source),
+            some variants from the C library's ``rand()``; both are reseeded
+            with this before each utterance, so the same arguments give the
+            same samples after a reset.
           fresh: :meth:`reset` first, so the result does not depend on
             earlier utterances (costs about 40 ms).
           word_starts: also return where each word starts (espeak's word
@@ -257,6 +258,8 @@ class Espeak:
             ):
                 lib.espeak_SetParameter(param, int(value), 0)
             lib.espeak_ng_SetRandSeed(int(seed))
+            if _SRAND is not None:  # some variants (caleb, Reed) draw from the C library's rand()
+                _SRAND(int(seed) & 0xFFFFFFFF)
             self._chunks, self._word_events = [], []
             err = lib.espeak_Synth(data, len(data) + 1, 0, 0, 0, _CHARS_UTF8 | _ENDPAUSE, None, None)
             lib.espeak_Synchronize()
@@ -292,6 +295,22 @@ def _word_starts(text: str, events: List[Tuple[int, int]], native_rate: int,
     return starts
 
 
+def _c_srand():
+    """The C library's ``srand`` (espeak-ng shares the process's C library),
+    or None where it cannot be found."""
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        srand = ctypes.CDLL(name).srand if name else None
+    except (OSError, AttributeError):
+        return None
+    if srand is not None:
+        srand.argtypes, srand.restype = [ctypes.c_uint], None
+    return srand
+
+
+_SRAND = _c_srand()
 _ENGINE: Optional[Espeak] = None
 
 
