@@ -589,7 +589,8 @@ def _run(rank: int, world_size: int, args: argparse.Namespace, recipe: Recipe) -
     try:
         fix_random_seed(params.seed)
         params.exp_dir.mkdir(parents=True, exist_ok=True)
-        setup_logger(params.exp_dir / "log" / "log-train", use_console=rank == 0)
+        setup_logger(params.exp_dir / "log" / "log-train", use_console=rank == 0,
+                     now=getattr(args, "log_time", None))
         logging.info(f"Training started on {device} with {world_size} process(es), "
                      f"{torch.get_num_threads()} CPU thread(s) each")
         logging.info(f"params: {dict(params)}")
@@ -740,6 +741,7 @@ def _launch(args: argparse.Namespace, recipe: Recipe) -> None:
     args.lock_held = True
     if args.master_port == 0:
         args.master_port = free_port()
+    args.log_time = time.strftime("%Y-%m-%d-%H-%M-%S")  # one name for every rank's log file
     ctx = mp.spawn(run, args=(args.world_size, args, recipe), nprocs=args.world_size, join=False)
 
     def forward(signum, frame):  # the ranks stop together after their current step

@@ -54,16 +54,20 @@ def get_rank_and_world_size() -> "tuple[int, int]":
 
 
 def setup_logger(
-    log_filename: PathLike, log_level: str = "info", use_console: bool = True, console_level: str = "warning"
+    log_filename: PathLike, log_level: str = "info", use_console: bool = True, console_level: str = "warning",
+    now: Optional[str] = None,
 ) -> Path:
     """Log to ``<log_filename>-<date>[-<rank>]`` and to the console.
 
     In a multi-process job each rank writes its own file and its lines are
     prefixed with the rank. With ``use_console=False`` (e.g. DDP ranks other
     than 0) only messages at ``console_level`` or above reach the console.
+    ``now``: the date part of the name (default: this moment), which the
+    launcher of a multi-process job picks once so that every rank's file
+    carries the same one.
     Returns the path of the log file.
     """
-    now = datetime.now().strftime("%Y-%m-%d-%H-%M-%S")
+    now = now or datetime.now().strftime("%Y-%m-%d-%H-%M-%S")
     rank, world_size = get_rank_and_world_size()
     if world_size > 1:
         path = Path(f"{log_filename}-{now}-{rank}")
