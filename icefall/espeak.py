@@ -106,6 +106,7 @@ class Espeak:
         self._callback = _CALLBACK(self._on_audio)  # keep a reference: C holds it
         self._lock = threading.Lock()
         self._lib = None
+        self._srand = _c_srand()
         self._load()
         self._languages = self._list(None)
         self._variants = self._list(b"variant")
@@ -258,8 +259,8 @@ class Espeak:
             ):
                 lib.espeak_SetParameter(param, int(value), 0)
             lib.espeak_ng_SetRandSeed(int(seed))
-            if _SRAND is not None:  # some variants (caleb, Reed) draw from the C library's rand()
-                _SRAND(int(seed) & 0xFFFFFFFF)
+            if self._srand is not None:  # some variants (caleb, Reed) draw from the C library's rand()
+                self._srand(int(seed) & 0xFFFFFFFF)
             self._chunks, self._word_events = [], []
             err = lib.espeak_Synth(data, len(data) + 1, 0, 0, 0, _CHARS_UTF8 | _ENDPAUSE, None, None)
             lib.espeak_Synchronize()
@@ -310,7 +311,6 @@ def _c_srand():
     return srand
 
 
-_SRAND = _c_srand()
 _ENGINE: Optional[Espeak] = None
 
 
