@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from icefall.utils import AttributeDict, MetricsTracker, fix_random_seed, get_rng_state, set_rng_state, str2bool
+from icefall.utils import (AttributeDict, MetricsTracker, fix_random_seed, get_rng_state, log_timestamp,
+                           set_rng_state, str2bool)
 
 # Keys of params saved in every checkpoint and restored on resume.
 _SAVED_PARAMS = (
@@ -741,7 +742,7 @@ def _launch(args: argparse.Namespace, recipe: Recipe) -> None:
     args.lock_held = True
     if args.master_port == 0:
         args.master_port = free_port()
-    args.log_time = time.strftime("%Y-%m-%d-%H-%M-%S")  # one name for every rank's log file
+    args.log_time = log_timestamp()  # one name for every rank's log file
     ctx = mp.spawn(run, args=(args.world_size, args, recipe), nprocs=args.world_size, join=False)
 
     def forward(signum, frame):  # the ranks stop together after their current step

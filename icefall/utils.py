@@ -53,6 +53,11 @@ def get_rank_and_world_size() -> "tuple[int, int]":
     return 0, 1
 
 
+def log_timestamp() -> str:
+    """This moment as the date part of a log file's name: 2026-12-02-07-43-20."""
+    return datetime.now().strftime("%Y-%m-%d-%H-%M-%S")
+
+
 def setup_logger(
     log_filename: PathLike, log_level: str = "info", use_console: bool = True, console_level: str = "warning",
     now: Optional[str] = None,
@@ -67,7 +72,7 @@ def setup_logger(
     carries the same one.
     Returns the path of the log file.
     """
-    now = now or datetime.now().strftime("%Y-%m-%d-%H-%M-%S")
+    now = now or log_timestamp()
     rank, world_size = get_rank_and_world_size()
     if world_size > 1:
         path = Path(f"{log_filename}-{now}-{rank}")
