@@ -84,6 +84,11 @@ class SynthConfig:
     # of the default corpus's audio). None keeps all of it, as corpora made
     # before this field existed did.
     tail: Optional[Tuple[float, float]] = (0.05, 0.15)
+    # Seconds of silence put before the speech, drawn uniformly from this
+    # range (espeak-ng itself starts with about 0.01 s). A shorter range
+    # saves training time but makes the model worse on recordings that start
+    # with a longer silence (RESULTS.md, 2026-12-02 (night)).
+    lead: Tuple[float, float] = (0.05, 0.3)
 
     def sizes(self) -> Dict[str, int]:
         return {"train": self.num_train, "dev": self.num_dev, "test": self.num_test}
@@ -157,6 +162,8 @@ def check_config(config: SynthConfig) -> None:
         raise ValueError("--languages: empty")
     if config.tail is not None and not (len(config.tail) == 2 and 0 <= config.tail[0] <= config.tail[1]):
         raise ValueError(f"--tail: expected MIN,MAX seconds with 0 <= MIN <= MAX, got {config.tail}")
+    if not (len(config.lead) == 2 and 0 <= config.lead[0] <= config.lead[1]):
+        raise ValueError(f"--lead: expected MIN,MAX seconds with 0 <= MIN <= MAX, got {config.lead}")
 
 
 def read_heldout(path: PathLike) -> List[str]:
@@ -188,7 +195,7 @@ def _plan_split(split: str, sentences: List[str], voices: List[str], config: Syn
             pitch_range=rng.randint(30, 80),
             snr=round(rng.uniform(config.min_snr, config.max_snr), 2),
             gain=round(rng.uniform(0.2, 0.9), 3),
-            lead=round(rng.uniform(0.05, 0.3), 3),
+            lead=round(rng.uniform(*config.lead), 3),
             noise_seed=rng.randrange(2**31),
             tail=round(tail_rng.uniform(*config.tail), 3) if config.tail else None,
         ))

@@ -277,3 +277,22 @@ def test_tail_is_drawn_apart_from_the_other_draws():
         assert all(0.05 <= t <= 0.15 for t in tails) and len(set(tails)) > 1
         assert all(u.tail is None for u in without[split])
         assert [dataclasses.replace(u, tail=None) for u in with_tail[split]] == without[split]
+
+
+def test_lead_range_moves_only_the_leading_silence():
+    """--lead sets the range of the leading silences and nothing else: the
+    same sentences, voices and jitter, each lead at the same point of the
+    new range as of the old one (one draw per utterance either way)."""
+    import dataclasses
+
+    from icefall.synth_corpus import SynthConfig, check_config, plan_corpus
+
+    wide, _ = plan_corpus(SynthConfig(num_train=40, num_dev=6, num_test=6))
+    short, _ = plan_corpus(SynthConfig(num_train=40, num_dev=6, num_test=6, lead=(0.02, 0.15)))
+    for split in short:
+        for a, b in zip(short[split], wide[split]):
+            assert 0.02 <= a.lead <= 0.15 and 0.05 <= b.lead <= 0.3
+            assert abs((a.lead - 0.02) / 0.13 - (b.lead - 0.05) / 0.25) < 0.01
+            assert dataclasses.replace(a, lead=b.lead) == b
+    with pytest.raises(ValueError, match="--lead"):
+        check_config(SynthConfig(lead=(0.2, 0.1)))

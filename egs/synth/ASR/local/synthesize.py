@@ -21,14 +21,16 @@ from icefall.text import TextSourceError
 HELDOUT = Path(__file__).resolve().parent / "heldout" / "sentences.txt"
 
 
-def _tail(value: str) -> Optional[Tuple[float, float]]:
-    if value.strip().lower() == "none":
-        return None
+def _seconds_range(value: str) -> Tuple[float, float]:
     try:
         lo, hi = (float(x) for x in value.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected MIN,MAX seconds or none, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX seconds, got {value!r}")
     return lo, hi
+
+
+def _tail(value: str) -> Optional[Tuple[float, float]]:
+    return None if value.strip().lower() == "none" else _seconds_range(value)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -56,6 +58,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--tail", type=_tail, default=",".join(map(str, d.tail)),
                    help="MIN,MAX: seconds of silence kept after the speech, drawn uniformly "
                    "(espeak-ng adds about 0.3 s); 'none' keeps all of it")
+    p.add_argument("--lead", type=_seconds_range, default=",".join(map(str, d.lead)),
+                   help="MIN,MAX: seconds of silence put before the speech, drawn uniformly")
     p.add_argument("--nj", type=int, default=2, help="synthesis processes")
     return p
 
@@ -70,7 +74,7 @@ def main() -> None:
         seed=args.seed, text_source=args.text_source, heldout=args.heldout or None,
         languages=split_list(args.languages),
         train_variants=split_list(args.train_variants), dev_variants=split_list(args.dev_variants),
-        test_variants=split_list(args.test_variants), tail=args.tail,
+        test_variants=split_list(args.test_variants), tail=args.tail, lead=args.lead,
     )
     start = time.time()
     try:
