@@ -3,11 +3,13 @@
 #
 #   cd egs/synth/ASR && ./run.sh
 #
-# About 29 minutes on 2 CPU cores with the defaults (18,000 utterances, 4
+# About 16 minutes on 2 CPU cores with the defaults (18,000 utterances, 5
 # epochs, bfloat16 where the CPU has it, an auxiliary CTC head) in the last
-# fresh-clone run; this shared machine's speed varies by up to 1.9x between
-# hours. RESULTS.md has the WERs and what other set-ups give (a fifth epoch,
-# --num-epochs 5, reached 14.5% held-out greedy WER in about 34 minutes).
+# fresh-clone run, in a fast hour. This shared machine's speed varies by
+# about 2x between hours: scaled from a 4-epoch run of an earlier, slower
+# day, the same work would take about 31 minutes there. --num-epochs 4 is
+# 16% faster and about 3 points worse (RESULTS.md has the WERs and what
+# other set-ups give).
 #
 # Stages (--stage N --stop-stage M):
 #   0 prepare.sh: synthesise the corpus, manifests, fbank, BPE, lang dir
@@ -43,8 +45,9 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 stage=0
 stop_stage=100
 # corpus (prepare.sh)
-# 18,000 x 4 epochs: 26.5 min in all in the last fresh-clone run; 15,000 x 5
-# epochs took 28 min and was no better (RESULTS.md).
+# 18,000 x 5 epochs: 2.9 points better held-out WER than 18,000 x 4 for 19%
+# more time; 16,000 x 5 (9% more time than 18,000 x 4) gained 1.5-1.6
+# points (RESULTS.md, 2026-12-02 (night)).
 num_train=18000
 num_dev=300
 num_test=300
@@ -52,7 +55,7 @@ heldout=default  # held-out sentences (prepare.sh --heldout): default, none or a
 vocab_size=256
 # model and training
 exp_dir=pruned_transducer_stateless3/exp
-num_epochs=4
+num_epochs=5
 # The decoded/exported model is the running average over the last --avg
 # epochs. A short run is still improving fast at its end, so averaging in
 # older, worse weights costs more than it smooths: in the earlier 3-epoch
