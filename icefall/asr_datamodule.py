@@ -252,8 +252,9 @@ class AsrDataModule:
                 max_duration=self.args.max_duration,
                 shuffle=shuffle,
                 num_buckets=num_buckets,
-                buffer_size=num_buckets * 2000,
-                shuffle_buffer_size=num_buckets * 5000,
+                # lhotse adds a (deprecated) shuffle_buffer_size to buffer_size;
+                # this is what icefall's 2000 + 5000 per bucket amount to.
+                buffer_size=num_buckets * 7000,
                 drop_last=drop_last,
                 seed=getattr(self.args, "seed", 0) or 0,
             )
