@@ -6,8 +6,8 @@
 # About 16 minutes on 2 CPU cores with the defaults (18,000 utterances, 5
 # epochs, bfloat16 where the CPU has it, an auxiliary CTC head) in the last
 # fresh-clone run, in a fast hour. This shared machine's speed varies by
-# about 2x between hours: scaled from a 4-epoch run of an earlier, slower
-# day, the same work would take about 31 minutes there. --num-epochs 4 is
+# about 2x between hours: scaled from a 4-epoch run in an earlier, slower
+# hour, the same work would take about 31 minutes there. --num-epochs 4 is
 # 16% faster and about 3 points worse (RESULTS.md has the WERs and what
 # other set-ups give).
 #

@@ -30,7 +30,12 @@ def _seconds_range(value: str) -> Tuple[float, float]:
 
 
 def _tail(value: str) -> Optional[Tuple[float, float]]:
-    return None if value.strip().lower() == "none" else _seconds_range(value)
+    if value.strip().lower() == "none":
+        return None
+    try:
+        return _seconds_range(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX seconds or none, got {value!r}")
 
 
 def get_parser() -> argparse.ArgumentParser:
