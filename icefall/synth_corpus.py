@@ -160,10 +160,9 @@ def check_config(config: SynthConfig) -> None:
             raise ValueError(f"--{split}-variants: empty, but --num-{split} is {n}")
     if not config.languages:
         raise ValueError("--languages: empty")
-    if config.tail is not None and not (len(config.tail) == 2 and 0 <= config.tail[0] <= config.tail[1]):
-        raise ValueError(f"--tail: expected MIN,MAX seconds with 0 <= MIN <= MAX, got {config.tail}")
-    if not (len(config.lead) == 2 and 0 <= config.lead[0] <= config.lead[1]):
-        raise ValueError(f"--lead: expected MIN,MAX seconds with 0 <= MIN <= MAX, got {config.lead}")
+    for flag, seconds in (("--tail", config.tail), ("--lead", config.lead)):
+        if seconds is not None and not (len(seconds) == 2 and 0 <= seconds[0] <= seconds[1]):
+            raise ValueError(f"{flag}: expected MIN,MAX seconds with 0 <= MIN <= MAX, got {seconds}")
 
 
 def read_heldout(path: PathLike) -> List[str]:
